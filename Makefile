@@ -1,0 +1,24 @@
+# The two commands of the README's quick start, and what they need.
+VENV    ?= .venv
+PYTHON  ?= python3
+BIN      = $(VENV)/bin
+
+.PHONY: run test install install-test
+
+run: install                ## install into .venv and run the daemon on its embedded defaults
+	$(BIN)/mailgate serve
+
+test:                       ## install what the tests need and run the whole suite (SQLite, then PostgreSQL)
+	bash scripts/test.sh
+
+install: $(BIN)/mailgate
+
+$(BIN)/mailgate: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+install-test:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[test]'

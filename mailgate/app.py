@@ -1,0 +1,42 @@
+"""Everything a running mailgate needs, built once from the config and handed around."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from mailgate.blobs import BlobStore
+from mailgate.config import Config
+from mailgate.db import Database
+from mailgate.signing import Signer, load_secret
+from mailgate.spool import Spool
+
+
+@dataclass
+class App:
+    config: Config
+
+    @cached_property
+    def db(self) -> Database:
+        return Database(self.config.database_url)
+
+    @cached_property
+    def spool(self) -> Spool:
+        return Spool(self.config.spool_dir)
+
+    @cached_property
+    def blobs(self) -> BlobStore:
+        return BlobStore(self.config.attachments_dir)
+
+    @cached_property
+    def signer(self) -> Signer:
+        secret = load_secret(self.config.security.secret, self.config.state_dir)
+        return Signer(secret, self.config.message_id_domain)
+
+    def prepare(self) -> "App":
+        """Create the state directories and bring the schema up to date."""
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.spool.ensure()
+        self.config.attachments_dir.mkdir(parents=True, exist_ok=True)
+        self.db.upgrade()
+        return self

@@ -1,0 +1,321 @@
+"""The commands of SPEC §9. Thin: parse arguments, call one function, print the result.
+
+Every failure the user can cause — a bad config file, an unknown key, address or organisation —
+ends as one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlmodel import select
+
+from mailgate import __version__, config as config_module, directory, views
+from mailgate.app import App
+from mailgate.config import ConfigError
+
+log = logging.getLogger("mailgate")
+
+EX_USAGE, EX_DATAERR, EX_UNAVAILABLE, EX_TEMPFAIL, EX_CONFIG = 64, 65, 69, 75, 78
+
+
+class CliError(Exception):
+    """A one-line error for the user, with the exit code it ends in."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def cmd_serve(app: App, args) -> int:
+    from mailgate import daemon
+
+    return daemon.serve(app)
+
+
+def cmd_deliver(app: App, args) -> int:
+    from mailgate.ingest import pipe
+
+    raw = sys.stdin.buffer.read()
+    try:
+        app.prepare()
+    except (OSError, sa.exc.OperationalError) as e:
+        _error(f"cannot store the message now: {_first_line(e)}")
+        return pipe.EX_TEMPFAIL
+    delivery = pipe.deliver(app, raw, args.sender, args.recipient)
+    if delivery.error:
+        _error(delivery.error)
+    if args.json:
+        result = delivery.result
+        _print_json({"outcome": result.outcome if result else None, "ticket": result.ticket if result else None})
+    return delivery.exit_code
+
+
+def cmd_org_add(app: App, args) -> int:
+    with _session(app) as s:
+        org = directory.add_organisation(s, args.name, args.region)
+        print(f"organisation {org.name} added")
+    return 0
+
+
+def cmd_contact_add(app: App, args) -> int:
+    with _session(app) as s:
+        c = directory.add_contact(s, args.email, args.name, args.org, args.language)
+        print(f"contact {c.email} added to {args.org}")
+    return 0
+
+
+def cmd_contact_disable(app: App, args) -> int:
+    with _session(app) as s:
+        c = directory.disable_contact(s, args.email)
+        print(f"contact {c.email} disabled")
+    return 0
+
+
+def cmd_contact_import(app: App, args) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"{path}: no such file")
+    with _session(app) as s:
+        report = directory.import_contacts(s, path, progress=lambda n: print(f"... {n} lines", file=sys.stderr))
+    print(f"created {len(report.created)}, updated {len(report.updated)}, "
+          f"unchanged {len(report.unchanged)}, rejected {len(report.rejected)}")
+    for line, reason in report.rejected:
+        print(f"line {line}: rejected: {reason}")
+    return 0
+
+
+def cmd_ticket_list(app: App, args) -> int:
+    from mailgate.models import Ticket
+
+    with _session(app) as s:
+        names = views.Names(s)
+        rows = [views.ticket_summary(t, names) for t in s.exec(select(Ticket).order_by(Ticket.id))]
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['key']:<10} {r['status']:<14} {r['type']:<20} {r['creator']:<30} {r['summary']}")
+    return 0
+
+
+def cmd_ticket_show(app: App, args) -> int:
+    with _session(app) as s:
+        detail = views.ticket_detail(_ticket(s, args.key), views.Names(s))
+    if args.json:
+        _print_json(detail)
+    else:
+        _print_ticket(detail)
+    return 0
+
+
+def cmd_inbox_list(app: App, args) -> int:
+    from mailgate.models import Inbound
+
+    with _session(app) as s:
+        names = views.Names(s)
+        rows = [views.inbound(i, names) for i in s.exec(select(Inbound).order_by(Inbound.id))]
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            error = f"  ({r['error']})" if r["error"] else ""
+            print(f"{r['id']:>6} {r['received_at'][:19]} {r['outcome']:<24} {r['ticket'] or '-':<10} "
+                  f"{r['sender'] or '-'}{error}")
+    return 0
+
+
+def cmd_inbox_reprocess(app: App, args) -> int:
+    from mailgate.pipeline import Pipeline
+
+    app.prepare()
+    try:
+        result = Pipeline(app).reprocess(args.id)
+    except (LookupError, ValueError) as e:
+        raise CliError(str(e)) from None
+    except FileNotFoundError:
+        raise CliError(f"the raw message of inbound {args.id} is missing from the store") from None
+    print(f"inbound {args.id}: {result.outcome}" + (f" {result.ticket}" if result.ticket else ""))
+    return 0
+
+
+def cmd_check_config(app: App, args) -> int:
+    cfg = app.config
+    print(f"config ok: {cfg.source or 'embedded defaults'}")
+    print(f"  database: {cfg.database_url.split('@')[-1]}")
+    print(f"  state: {cfg.state_dir}")
+    print(f"  {'lmtp' if cfg.smtp.lmtp else 'smtp'}: {cfg.smtp.host}:{cfg.smtp.port}; http: {cfg.http.host}:{cfg.http.port}")
+    print(f"  support addresses: {', '.join(cfg.tickets.support_addresses)}")
+    for box in cfg.imap:
+        print(f"  imap: {box.username}@{box.host}:{box.port}/{box.folder}")
+    return 0
+
+
+def cmd_db_upgrade(app: App, args) -> int:
+    app.prepare()
+    print("database schema is up to date")
+    return 0
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+class _session:
+    """A prepared app's session; directory errors become CLI errors."""
+
+    def __init__(self, app: App):
+        self.app = app
+
+    def __enter__(self):
+        self.app.prepare()
+        self._cm = self.app.db.session()
+        return self._cm.__enter__()
+
+    def __exit__(self, exc_type, exc, tb):
+        suppress = self._cm.__exit__(exc_type, exc, tb)
+        if isinstance(exc, directory.DirectoryError):
+            raise CliError(str(exc)) from None
+        return suppress
+
+
+def _ticket(session, key: str):
+    from mailgate.models import Ticket
+
+    ticket = session.exec(select(Ticket).where(Ticket.key == key.strip().upper())).first()
+    if ticket is None:
+        raise CliError(f"no ticket {key}")
+    return ticket
+
+
+def _print_json(value) -> None:
+    json.dump(value, sys.stdout, ensure_ascii=False, indent=2)
+    sys.stdout.write("\n")
+
+
+def _print_ticket(d: dict) -> None:
+    print(f"{d['key']}  {d['summary']}")
+    print(f"  type {d['type']}, status {d['status']}, priority {d['priority'] or '-'}")
+    print(f"  creator {d['creator']} ({d['organisation']}), created {d['created_at']}")
+    if d["follow_up_of"]:
+        print(f"  follow-up of {d['follow_up_of']}")
+    print()
+    print(d["description"])
+    for a in d["attachments"]:
+        print(f"  [attachment] {a['filename']} ({a['content_type']}, {a['size']} bytes{', inline' if a['inline'] else ''})")
+    for c in d["comments"]:
+        print()
+        print(f"--- {c['author']} at {c['created_at']}{' (internal)' if c['internal'] else ''}")
+        print(c["body"])
+        for a in c["attachments"]:
+            print(f"  [attachment] {a['filename']} ({a['content_type']}, {a['size']} bytes)")
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _error(message: str) -> None:
+    print(f"mailgate: error: {message}", file=sys.stderr)
+
+
+# --- argument parsing ----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mailgate", description="The e-mail gateway of a service desk.")
+    p.add_argument("--config", metavar="PATH", help=f"config file (default: ${config_module.ENV_VAR}, else embedded defaults)")
+    p.add_argument("--version", action="version", version=f"mailgate {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("serve", help="run the daemon").set_defaults(func=cmd_serve)
+
+    d = sub.add_parser("deliver", help="take one message on stdin (MTA pipe transport)")
+    d.add_argument("--sender", help='envelope sender ("" for the null sender)')
+    d.add_argument("--recipient", help="envelope recipient")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_deliver, tempfail_on_config_error=True)
+
+    org = sub.add_parser("org", help="organisations").add_subparsers(dest="sub", required=True, metavar="ACTION")
+    a = org.add_parser("add", help="add an organisation")
+    a.add_argument("name")
+    a.add_argument("--region")
+    a.set_defaults(func=cmd_org_add)
+
+    contact = sub.add_parser("contact", help="contacts").add_subparsers(dest="sub", required=True, metavar="ACTION")
+    a = contact.add_parser("add", help="add a contact")
+    a.add_argument("email")
+    a.add_argument("--name", required=True)
+    a.add_argument("--org", required=True)
+    a.add_argument("--language", default="en", choices=directory.LANGUAGES)
+    a.set_defaults(func=cmd_contact_add)
+    a = contact.add_parser("disable", help="disable a contact")
+    a.add_argument("email")
+    a.set_defaults(func=cmd_contact_disable)
+    a = contact.add_parser("import", help="create or update contacts from CSV")
+    a.add_argument("file")
+    a.set_defaults(func=cmd_contact_import)
+
+    ticket = sub.add_parser("ticket", help="tickets").add_subparsers(dest="sub", required=True, metavar="ACTION")
+    a = ticket.add_parser("list", help="list tickets")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_ticket_list)
+    a = ticket.add_parser("show", help="show one ticket")
+    a.add_argument("key")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_ticket_show)
+
+    inbox = sub.add_parser("inbox", help="received messages").add_subparsers(dest="sub", required=True, metavar="ACTION")
+    a = inbox.add_parser("list", help="list received messages and their outcomes")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_inbox_list)
+    a = inbox.add_parser("reprocess", help="run a kept message through the rules again")
+    a.add_argument("id", type=int)
+    a.set_defaults(func=cmd_inbox_reprocess)
+
+    sub.add_parser("check-config", help="check the config file").set_defaults(func=cmd_check_config)
+    db = sub.add_parser("db", help="database").add_subparsers(dest="sub", required=True, metavar="ACTION")
+    db.add_parser("upgrade", help="bring the schema up to date").set_defaults(func=cmd_db_upgrade)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_module.load(args.config)
+    except ConfigError as e:
+        _error(f"config: {e}")
+        return EX_TEMPFAIL if getattr(args, "tempfail_on_config_error", False) else EX_CONFIG
+    logging.basicConfig(
+        level=cfg.logging.level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    app = App(cfg)
+    try:
+        return args.func(app, args)
+    except CliError as e:
+        _error(str(e))
+        return e.code
+    except sa.exc.OperationalError as e:
+        _error(f"database unavailable: {_first_line(e.orig or e)}")
+        return EX_UNAVAILABLE
+    except OSError as e:
+        _error(f"{e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}")
+        return EX_UNAVAILABLE
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if "db" in app.__dict__:  # only when this command opened the database
+            app.db.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

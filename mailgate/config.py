@@ -1,0 +1,293 @@
+"""Typed configuration from one TOML file; the only module that reads config files.
+
+Every section is a frozen dataclass whose fields are the keys of that section, with their
+defaults (the embedded defaults of SPEC §8). Loading checks each key against its field:
+an unknown key, a wrong type or an impossible value raises ConfigError naming the key, so
+`mailgate check-config` and every command can say exactly what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_VAR = "MAILGATE_CONFIG"
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message names the file and key at fault."""
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = ""  # empty: sqlite:///<state_dir>/mailgate.db
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    state_dir: str = "./var"
+    attachments_dir: str = ""  # empty: <state_dir>/attachments
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8025
+    lmtp: bool = False
+    max_message_size: int = 26214400
+    tls_cert: str = ""
+    tls_key: str = ""
+    hostname: str = ""  # name in the greeting; empty: the machine's name
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""
+
+
+@dataclass(frozen=True)
+class TicketsConfig:
+    key_prefix: str = "SD"
+    support_addresses: tuple[str, ...] = ("support@example.com",)
+    close_phrases: tuple[str, ...] = (
+        "close", "please close", "close it", "can be closed", "you can close",
+        "you can close the ticket", "please close the ticket", "close ticket",
+        "schließen", "bitte schließen", "bitte schliessen", "kann geschlossen werden",
+        "ticket schließen", "bitte ticket schließen",
+    )
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    from_address: str = ""  # empty: the first support address
+    from_name: str = "Service Desk"
+    message_id_domain: str = ""  # empty: the domain of from_address
+    relay_host: str = ""  # empty: write to <state_dir>/outbox (a Maildir)
+    relay_port: int = 25
+    relay_tls: str = "none"  # none | starttls | tls
+    relay_username: str = ""
+    relay_password: str = ""
+    max_age_hours: float = 48.0
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    resolved_close_days: float = 50
+    clarification_reminder_days: tuple[float, ...] = (10, 20, 30)
+    clarification_close_days: float = 40
+    interval_seconds: float = 300
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    require_authenticated_sender: bool = False
+    trusted_authserv_id: str = ""
+    max_new_tickets_per_sender_per_hour: int = 20
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    secret: str = ""  # empty: generated once and kept in <state_dir>/secret
+
+
+@dataclass(frozen=True)
+class ProcessingConfig:
+    max_attempts: int = 3  # a message failing this often is quarantined
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class ImapConfig:
+    host: str = "127.0.0.1"
+    port: int = 143
+    tls: bool = False
+    starttls: bool = True
+    ca_file: str = ""
+    verify_certificate: bool = True
+    username: str = ""
+    password: str = ""
+    folder: str = "INBOX"
+    processed_folder: str = "Processed"
+    poll_seconds: float = 60
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    tickets: TicketsConfig = field(default_factory=TicketsConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    processing: ProcessingConfig = field(default_factory=ProcessingConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    imap: tuple[ImapConfig, ...] = ()
+    source: str = ""  # the file it came from, "" for the embedded defaults
+
+    # Derived places: one definition, used by every module.
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.storage.state_dir)
+
+    @property
+    def attachments_dir(self) -> Path:
+        return Path(self.storage.attachments_dir or self.state_dir / "attachments")
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.state_dir / "spool"
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{(self.state_dir / 'mailgate.db').resolve()}"
+
+    @property
+    def support_addresses(self) -> frozenset[str]:
+        return frozenset(a.lower() for a in self.tickets.support_addresses)
+
+    @property
+    def from_address(self) -> str:
+        return self.outbound.from_address or self.tickets.support_addresses[0]
+
+    @property
+    def message_id_domain(self) -> str:
+        return self.outbound.message_id_domain or self.from_address.rpartition("@")[2]
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def load(path: str | os.PathLike | None = None) -> Config:
+    """The config from PATH, else from $MAILGATE_CONFIG, else the embedded defaults."""
+    path = path or os.environ.get(ENV_VAR) or None
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    try:
+        config = from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return dataclasses.replace(config, source=str(path))
+
+
+def from_dict(data: dict) -> Config:
+    """Build a Config from parsed TOML, checking every key."""
+    sections = {}
+    for name, value in data.items():
+        spec = _SECTIONS.get(name)
+        if spec is None:
+            raise ConfigError(f"unknown section [{name}]")
+        if name == "imap":
+            if not isinstance(value, list):
+                raise ConfigError("[[imap]] must be an array of tables")
+            sections[name] = tuple(_section(ImapConfig, f"imap[{i}]", v) for i, v in enumerate(value))
+        else:
+            sections[name] = _section(spec, name, value)
+    config = Config(**sections)
+    _check(config)
+    return config
+
+
+_SECTIONS = {name: hint for name, hint in typing.get_type_hints(Config).items() if name != "source"}
+
+
+def _section(cls, name: str, values) -> object:
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown key {name}.{key}")
+        kwargs[key] = _coerce(f"{name}.{key}", hints[key], value)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, hint, value):
+    """Check VALUE against the field's type; tuples come from TOML arrays."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected an array")
+        return tuple(_coerce(key, item, v) for v in value)
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - a field type this loader does not know
+        raise TypeError(hint)
+    if not ok:
+        raise ConfigError(f"{key}: expected {_TYPE_NAMES[hint]}, got {value!r}")
+    return value
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _check(config: Config) -> None:
+    """Rules that go beyond types: ports, addresses, choices."""
+    for key, port in (("smtp.port", config.smtp.port), ("http.port", config.http.port),
+                      ("outbound.relay_port", config.outbound.relay_port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{key}: {port} is not a port number")
+    if config.smtp.max_message_size < 1024:
+        raise ConfigError("smtp.max_message_size: must be at least 1024 bytes")
+    if not config.tickets.support_addresses:
+        raise ConfigError("tickets.support_addresses: at least one address is needed")
+    for address in (*config.tickets.support_addresses, config.outbound.from_address):
+        if address and not _looks_like_address(address):
+            raise ConfigError(f"tickets.support_addresses: {address!r} is not an e-mail address")
+    if not config.tickets.key_prefix.isalnum() or not config.tickets.key_prefix.isascii():
+        raise ConfigError("tickets.key_prefix: letters and digits only")
+    if config.outbound.relay_tls not in ("none", "starttls", "tls"):
+        raise ConfigError("outbound.relay_tls: one of none, starttls, tls")
+    if bool(config.smtp.tls_cert) != bool(config.smtp.tls_key):
+        raise ConfigError("smtp.tls_key: tls_cert and tls_key go together")
+    if config.database.url and not config.database.url.startswith(("sqlite", "postgresql")):
+        raise ConfigError("database.url: only sqlite:/// and postgresql+psycopg:// are supported")
+    if config.processing.max_attempts < 1 or config.processing.workers < 1:
+        raise ConfigError("processing: max_attempts and workers must be at least 1")
+    if config.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("logging.level: one of DEBUG, INFO, WARNING, ERROR")
+    if config.policy.require_authenticated_sender and not config.policy.trusted_authserv_id:
+        raise ConfigError("policy.trusted_authserv_id: needed when require_authenticated_sender is on")
+    for i, box in enumerate(config.imap):
+        if not box.username:
+            raise ConfigError(f"imap[{i}].username: missing")
+
+
+def _looks_like_address(address: str) -> bool:
+    local, at, domain = address.partition("@")
+    return bool(local and at and "." in domain and " " not in address)

@@ -1,0 +1,104 @@
+"""The SMTP and LMTP listener (SPEC §3.1), on aiosmtpd.
+
+The handler refuses during the dialog what it can — recipients that are not support
+addresses (550 5.1.1), messages over the size limit (552 5.3.4, advertised with SIZE) — and
+answers 250 to DATA only once the raw message is fsynced in the spool; when the spool cannot
+take it, 451 4.3.0 and the client keeps the message. In LMTP mode DATA gets one reply per
+accepted recipient, as an LMTP client (Postfix's lmtp: transport) expects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Callable
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope
+
+from mailgate.app import App
+from mailgate.db import run_blocking
+from mailgate.mail.addresses import is_support_address
+from mailgate.spool import Envelope, SpoolError
+
+log = logging.getLogger("mailgate.smtp")
+
+ACCEPTED = "250 2.0.0 Message accepted"
+SPOOL_FAILED = "451 4.3.0 Cannot store the message now; try again later"
+TOO_BIG = "552 5.3.4 Message exceeds the maximum size"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+
+
+class InboundHandler:
+    """aiosmtpd hooks: only RCPT and DATA need deciding."""
+
+    def __init__(self, app: App, on_spooled: Callable[[], None], lmtp: bool):
+        self.app = app
+        self.support = app.config.support_addresses
+        self.on_spooled = on_spooled
+        self.source = "lmtp" if lmtp else "smtp"
+        self.lmtp = lmtp
+
+    async def handle_RCPT(self, server, session, envelope: SmtpEnvelope, address: str, rcpt_options):
+        if not is_support_address(address, self.support):
+            return f"550 5.1.1 <{address}>: no such support address"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope: SmtpEnvelope):
+        spooled = Envelope(sender=envelope.mail_from, recipients=list(envelope.rcpt_tos), source=self.source)
+        try:
+            spool_id = await run_blocking(self.app.spool.put, envelope.original_content, spooled)
+        except SpoolError as e:
+            log.error("spool write failed, answered 451: %s", e.strerror)
+            return self._reply(envelope, SPOOL_FAILED)
+        log.debug("spooled %s (%d bytes)", spool_id, len(envelope.original_content))
+        self.on_spooled()
+        return self._reply(envelope, ACCEPTED)
+
+    def _reply(self, envelope: SmtpEnvelope, status: str) -> str:
+        if not self.lmtp:
+            return status
+        return "\r\n".join(status for _ in envelope.rcpt_tos)  # LMTP: one reply per recipient
+
+
+class _EnhancedReplies:
+    """aiosmtpd's own size replies lack the enhanced status code of SPEC §3.1."""
+
+    async def push(self, status):
+        if isinstance(status, str) and status.startswith("552 Error"):
+            status = TOO_BIG
+        await super().push(status)
+
+
+class MailgateSMTP(_EnhancedReplies, SMTP):
+    pass
+
+
+class MailgateLMTP(_EnhancedReplies, LMTP):
+    pass
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
+    if not cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def start(app: App, on_spooled: Callable[[], None]) -> asyncio.AbstractServer:
+    """Bind the listener on the running loop."""
+    cfg = app.config.smtp
+    handler = InboundHandler(app, on_spooled, cfg.lmtp)
+    protocol = MailgateLMTP if cfg.lmtp else MailgateSMTP
+    context = tls_context(cfg.tls_cert, cfg.tls_key)
+    kwargs = dict(
+        data_size_limit=cfg.max_message_size, enable_SMTPUTF8=True, decode_data=False,
+        tls_context=context, require_starttls=False, ident="mailgate",
+    )
+    if cfg.hostname:
+        kwargs["hostname"] = cfg.hostname
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: protocol(handler, **kwargs), host=cfg.host, port=cfg.port)

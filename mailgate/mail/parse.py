@@ -1,0 +1,216 @@
+"""Raw bytes → one plain `ParsedMessage` (SPEC §4.2), with mail-parser doing the MIME work.
+
+Whatever the charset — declared, missing or wrong — the result holds readable text: mail-parser
+decodes with replacement, HTML-only mail is turned into text by inscriptis, and an Outlook
+`winmail.dat` is unpacked by tnefparse into ordinary attachments. Only a message that cannot
+be parsed at all raises `UnparseableMessage`; the pipeline quarantines it.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import logging
+import mimetypes
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.message import Message
+
+import mailparser
+from inscriptis import get_text
+from tnefparse import TNEF
+
+from mailgate.mail import refs
+
+log = logging.getLogger(__name__)
+
+TNEF_TYPES = ("application/ms-tnef", "application/vnd.ms-tnef")
+
+
+class UnparseableMessage(Exception):
+    """Nothing usable could be read from the bytes."""
+
+
+@dataclass
+class ParsedAttachment:
+    filename: str
+    content_type: str
+    data: bytes
+    inline: bool = False
+    content_id: str | None = None
+
+
+@dataclass
+class ParsedMessage:
+    message_id: str | None  # as in the header, with angle brackets
+    subject: str
+    from_name: str
+    from_address: str | None  # lower case
+    to: list[str]
+    cc: list[str]
+    date: datetime | None
+    in_reply_to: list[str]
+    references: list[str]
+    text: str
+    attachments: list[ParsedAttachment]
+    headers: Message = field(repr=False)  # the top-level headers, for the auto-reply checks
+    content_type: str = "text/plain"
+
+
+def parse(raw: bytes) -> ParsedMessage:
+    try:
+        mail = mailparser.parse_from_bytes(raw)
+    except Exception as e:  # mail-parser raises many kinds; all mean the same to us
+        raise UnparseableMessage(f"{type(e).__name__}: {e}") from e
+    msg = mail.message
+    if msg is None or (len(msg) == 0 and not raw.strip()):
+        raise UnparseableMessage("empty message")
+    from_name, from_address = _first_address(msg.get_all("From", []))
+    return ParsedMessage(
+        message_id=_message_id(msg),
+        subject=_header_text(mail.subject),
+        from_name=from_name,
+        from_address=from_address,
+        to=_addresses(msg.get_all("To", [])),
+        cc=_addresses(msg.get_all("Cc", [])),
+        date=_date(msg.get("Date")),
+        in_reply_to=refs.message_ids(str(msg.get("In-Reply-To", "") or "")),
+        references=refs.message_ids(str(msg.get("References", "") or "")),
+        text=_body_text(mail),
+        attachments=_attachments(mail.attachments),
+        headers=msg,
+        content_type=msg.get_content_type(),
+    )
+
+
+# --- headers -----------------------------------------------------------------------------
+
+
+def _header_text(value) -> str:
+    text = value if isinstance(value, str) else str(value or "")
+    # Folded or malicious headers may carry CR/LF or NULs; a subject is one line of text.
+    return " ".join(text.replace("\x00", " ").split())
+
+
+def _message_id(msg: Message) -> str | None:
+    ids = refs.message_ids(str(msg.get("Message-ID", "") or ""))
+    return ids[0] if ids else None
+
+
+def _first_address(values: list) -> tuple[str, str | None]:
+    for name, address in email.utils.getaddresses([str(v) for v in values]):
+        if "@" in address:
+            return _header_text(_decode_words(name)), address.strip().lower()
+    return "", None
+
+
+def _addresses(values: list) -> list[str]:
+    pairs = email.utils.getaddresses([str(v) for v in values])
+    return [a.strip().lower() for _, a in pairs if "@" in a]
+
+
+def _decode_words(text: str) -> str:
+    from email.header import decode_header, make_header
+
+    try:
+        return str(make_header(decode_header(text)))
+    except Exception:  # a broken encoded-word: keep what the sender wrote
+        return text
+
+
+def _date(value) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(str(value))
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+# --- body --------------------------------------------------------------------------------
+
+
+def _body_text(mail) -> str:
+    plain = [p for p in mail.text_plain if p and p.strip()]
+    if plain:
+        return _clean("\n\n".join(plain))
+    html = [p for p in mail.text_html if p and p.strip()]
+    if html:
+        return _clean("\n\n".join(_html_to_text(h) for h in html))
+    return ""
+
+
+def _html_to_text(html: str) -> str:
+    try:
+        return get_text(html)
+    except Exception:  # inscriptis on pathological markup; text beats nothing
+        log.warning("html to text failed; keeping the markup as text")
+        return html
+
+
+def _clean(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+    lines = [line.rstrip() for line in text.split("\n")]
+    return "\n".join(lines).strip("\n")
+
+
+# --- attachments -------------------------------------------------------------------------
+
+
+def _attachments(items: list[dict]) -> list[ParsedAttachment]:
+    result = []
+    for item in items:
+        attachment = _attachment(item)
+        if _is_tnef(attachment):
+            result.extend(_unpack_tnef(attachment))
+        else:
+            result.append(attachment)
+    return result
+
+
+def _attachment(item: dict) -> ParsedAttachment:
+    payload = item.get("payload") or ""
+    if item.get("binary"):
+        data = base64.b64decode(payload)
+    else:
+        data = payload.encode(item.get("charset") or "utf-8", errors="replace") if isinstance(payload, str) else payload
+    content_id = (item.get("content-id") or "").strip() or None
+    disposition = (item.get("content-disposition") or "").strip().lower()
+    inline = disposition.startswith("inline") or (content_id is not None and not disposition)
+    filename = item.get("filename") or "attachment"
+    if content_id and filename == item.get("content-id"):
+        filename = refs.strip_brackets(content_id)  # mail-parser names unnamed parts by their Content-ID
+    return ParsedAttachment(
+        filename=_header_text(filename)[:255] or "attachment",
+        content_type=(item.get("mail_content_type") or "application/octet-stream").lower()[:255],
+        data=data,
+        inline=inline,
+        content_id=refs.strip_brackets(content_id) if content_id else None,
+    )
+
+
+def _is_tnef(attachment: ParsedAttachment) -> bool:
+    return attachment.content_type in TNEF_TYPES or attachment.filename.lower() == "winmail.dat"
+
+
+def _unpack_tnef(attachment: ParsedAttachment) -> list[ParsedAttachment]:
+    """The files inside a winmail.dat; the winmail.dat itself when it holds none or is broken."""
+    try:
+        tnef = TNEF(attachment.data)
+        files = [
+            ParsedAttachment(
+                filename=_header_text(_tnef_name(a))[:255] or "attachment",
+                content_type=mimetypes.guess_type(_tnef_name(a))[0] or "application/octet-stream",
+                data=bytes(a.data),
+            )
+            for a in tnef.attachments
+        ]
+    except Exception:
+        log.warning("winmail.dat could not be decoded; kept as it is")
+        return [attachment]
+    return files or [attachment]
+
+
+def _tnef_name(a) -> str:
+    name = a.long_filename() or a.name or "attachment"
+    return name.decode("latin-1") if isinstance(name, bytes) else str(name)

@@ -1,0 +1,295 @@
+"""One message through the rules of SPEC §4, in one database transaction.
+
+`Pipeline.process` decides what one spooled message becomes: the inbound record, and the
+ticket or comment with its attachments and the notifications it causes — all committed
+together or not at all. The loop around it (claiming from the spool, retrying, quarantining)
+lives in `mailgate.processor`; this module only decides.
+
+The stages, in order (each a small method below):
+    dedupe → parse failure → machine mail → sender → rate limit → reference → authorise
+    → comment, follow-up or new ticket
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlmodel import Session, func, select
+
+from mailgate import failpoints, notify
+from mailgate.app import App
+from mailgate.events import Event
+from mailgate.mail import autoreply, quotes, refs, subjects
+from mailgate.mail.addresses import is_support_address
+from mailgate.mail.parse import ParsedMessage, UnparseableMessage, parse
+from mailgate.models import Contact, Inbound, Seen, ThreadMessage, Ticket, utcnow
+from mailgate.spool import Envelope
+from mailgate.tickets import service
+
+log = logging.getLogger("mailgate.inbound")
+
+
+@dataclass
+class Result:
+    outcome: str
+    ticket: str | None
+    inbound_id: int
+    error: str | None = None
+
+
+@dataclass
+class _Decision:
+    """What the stages decided; written onto the inbound record at the end."""
+
+    outcome: str
+    ticket: Ticket | None = None
+    comment_id: int | None = None
+    events: list[Event] = field(default_factory=list)
+    error: str | None = None
+
+
+class Pipeline:
+    def __init__(self, app: App):
+        self.app = app
+        self.config = app.config
+
+    # --- entry points ------------------------------------------------------------------
+
+    def process(self, spool_id: str, envelope: Envelope, raw: bytes) -> Result:
+        """Process one spooled message; idempotent per spool id (a crash may repeat it)."""
+        started = time.monotonic()
+        with self.app.db.session() as session:
+            done = session.exec(select(Inbound).where(Inbound.spool_id == spool_id)).first()
+            if done is not None:
+                return self._result(session, done)
+        digest = self.app.blobs.put(raw)
+        parsed, parse_error = _try_parse(raw)
+        with self.app.db.session() as session:
+            inbound = self._record(session, spool_id, envelope, raw, digest, parsed)
+            original = _claim_dedupe_key(session, inbound)
+            if original is not None:
+                decision = _Decision("duplicate", ticket=_ticket(session, original.ticket_id))
+            else:
+                decision = self._decide(session, inbound, envelope, parsed, parse_error)
+            result = self._finish(session, inbound, decision)
+            failpoints.hit("before_commit", raw)
+        failpoints.hit("after_commit", raw)
+        self._log(inbound, result, started)
+        return result
+
+    def reprocess(self, inbound_id: int) -> Result:
+        """Run a kept message through the rules again (SPEC §9 `inbox reprocess`)."""
+        started = time.monotonic()
+        with self.app.db.session() as session:
+            inbound = session.get(Inbound, inbound_id)
+            if inbound is None:
+                raise LookupError(f"no inbound message {inbound_id}")
+            if inbound.outcome in ("ticket_created", "comment_added", "duplicate"):
+                raise ValueError(f"inbound message {inbound_id} is {inbound.outcome}; nothing to reprocess")
+            raw = self.app.blobs.get(inbound.sha256)
+            parsed, parse_error = _try_parse(raw)
+            envelope = Envelope(
+                sender=inbound.envelope_sender, recipients=_split(inbound.envelope_recipients),
+                source=inbound.source,
+            )
+            decision = self._decide(session, inbound, envelope, parsed, parse_error)
+            inbound.attempts += 1
+            result = self._finish(session, inbound, decision)
+        self._log(inbound, result, started)
+        return result
+
+    def quarantine(self, spool_id: str, envelope: Envelope, raw: bytes, error: str) -> Result:
+        """Keep a message that failed too often: raw stored, listed, reprocessable."""
+        digest = self.app.blobs.put(raw)
+        parsed, _ = _try_parse(raw)
+        with self.app.db.session() as session:
+            done = session.exec(select(Inbound).where(Inbound.spool_id == spool_id)).first()
+            if done is not None:
+                return self._result(session, done)
+            inbound = self._record(session, spool_id, envelope, raw, digest, parsed)
+            inbound.attempts = envelope.attempts
+            _claim_dedupe_key(session, inbound)
+            result = self._finish(session, inbound, _Decision("quarantined", error=error[:2000]))
+        self._log(inbound, result, None)
+        return result
+
+    # --- the stages --------------------------------------------------------------------
+
+    def _decide(self, session, inbound, envelope, parsed, parse_error) -> _Decision:
+        failpoints.hit("pipeline", parsed and parsed.subject.encode() or b"")
+        if parsed is None:
+            return _Decision("quarantined", error=parse_error)
+        if reason := autoreply.reason(parsed.headers, envelope.sender, parsed.from_address):
+            return _Decision("ignored_auto", error=f"machine mail: {reason}")
+        contact = _active_contact(session, parsed.from_address)
+        if contact is None:
+            notice = Event("unknown_sender_notice", None, data={"address": parsed.from_address})
+            return _Decision("rejected_unknown_sender", events=[notice] if parsed.from_address else [])
+        ticket = self._referenced_ticket(session, parsed, contact)
+        now = utcnow()
+        if ticket is not None and ticket.status != "closed":
+            return self._comment(session, inbound, parsed, contact, ticket, now)
+        if self._over_rate_limit(session, contact, now):
+            return _Decision("rate_limited", error="too many new tickets from this sender in the last hour")
+        return self._new_ticket(session, inbound, parsed, contact, now, follow_up_of=ticket)
+
+    def _referenced_ticket(self, session: Session, parsed: ParsedMessage, contact: Contact) -> Ticket | None:
+        """SPEC §4.5–4.6: the first referenced ticket that exists, if the sender may see it."""
+        for ticket in self._references(session, parsed):
+            return ticket if _may_comment(contact, ticket) else None
+        return None
+
+    def _references(self, session: Session, parsed: ParsedMessage):
+        for key in refs.keys_in_subject(parsed.subject, self.config.tickets.key_prefix):
+            ticket = session.exec(select(Ticket).where(Ticket.key == key)).first()
+            if ticket is not None:
+                yield ticket
+        for message_id in [*reversed(parsed.in_reply_to), *reversed(parsed.references)]:
+            if ticket := self._thread_ticket(session, message_id):
+                yield ticket
+
+    def _thread_ticket(self, session: Session, message_id: str) -> Ticket | None:
+        signed_key = self.app.signer.ticket_of(message_id)
+        if signed_key is not None:
+            return session.exec(select(Ticket).where(Ticket.key == signed_key)).first()
+        thread = session.get(ThreadMessage, refs.id_hash(message_id))
+        return session.get(Ticket, thread.ticket_id) if thread else None
+
+    def _over_rate_limit(self, session: Session, contact: Contact, now: datetime) -> bool:
+        limit = self.config.policy.max_new_tickets_per_sender_per_hour
+        if limit <= 0:
+            return False
+        recent = session.exec(
+            select(func.count()).select_from(Ticket)
+            .where(Ticket.creator_id == contact.id, Ticket.created_at >= now - timedelta(hours=1))
+        ).one()
+        return recent >= limit
+
+    def _comment(self, session, inbound, parsed, contact, ticket, now) -> _Decision:
+        body = quotes.new_text(parsed.text)
+        comment, events = service.add_comment(
+            session, ticket, body=body, now=now, author=contact, inbound_id=inbound.id
+        )
+        service.store_attachments(session, self.app.blobs, ticket, parsed.attachments, comment)
+        first_line = next((line for line in body.splitlines() if line.strip()), "")
+        events += service.customer_feedback(ticket, first_line, self.config.tickets.close_phrases, now, contact.id)
+        service.add_to_thread(session, ticket, parsed.message_id)
+        return _Decision("comment_added", ticket=ticket, comment_id=comment.id, events=events)
+
+    def _new_ticket(self, session, inbound, parsed, contact, now, follow_up_of=None) -> _Decision:
+        ticket, events = service.create_ticket(
+            session, key_prefix=self.config.tickets.key_prefix, creator=contact,
+            summary=subjects.summary(parsed.subject, self.config.tickets.key_prefix),
+            description=parsed.text, now=now, follow_up_of=follow_up_of,
+        )
+        service.store_attachments(session, self.app.blobs, ticket, parsed.attachments)
+        for participant in self._participants(session, parsed, contact):
+            service.add_participant(session, ticket, participant)
+        service.add_to_thread(session, ticket, parsed.message_id)
+        return _Decision("ticket_created", ticket=ticket, events=events)
+
+    def _participants(self, session: Session, parsed: ParsedMessage, sender: Contact) -> list[Contact]:
+        """Cc'd (and To'd) active contacts of the sender's organisation (SPEC §4.8)."""
+        support = self.config.support_addresses
+        addresses = {a for a in [*parsed.to, *parsed.cc] if a != sender.email and not is_support_address(a, support)}
+        if not addresses:
+            return []
+        return list(session.exec(
+            select(Contact).where(
+                Contact.email.in_(sorted(addresses)), Contact.active.is_(True),
+                Contact.organisation_id == sender.organisation_id,
+            )
+        ))
+
+    # --- records and results -----------------------------------------------------------
+
+    def _record(self, session, spool_id, envelope, raw, digest, parsed) -> Inbound:
+        message_id = parsed.message_id if parsed else None
+        inbound = Inbound(
+            spool_id=spool_id, message_id=message_id, dedupe_key=refs.dedupe_key(message_id, digest),
+            source=envelope.source, envelope_sender=envelope.sender,
+            envelope_recipients=",".join(envelope.recipients),
+            from_address=parsed.from_address if parsed else None,
+            received_at=datetime.fromisoformat(envelope.received_at), sha256=digest,
+            raw_path=str(self.app.blobs.path(digest)), size=len(raw), outcome="quarantined",
+            attempts=envelope.attempts + 1,
+        )
+        session.add(inbound)
+        session.flush()
+        return inbound
+
+    def _finish(self, session: Session, inbound: Inbound, decision: _Decision) -> Result:
+        inbound.outcome = decision.outcome
+        inbound.ticket_id = decision.ticket.id if decision.ticket else None
+        inbound.comment_id = decision.comment_id
+        inbound.error = decision.error
+        inbound.processed_at = utcnow()
+        session.add(inbound)
+        notify.queue(session, self.app, decision.events)
+        key = decision.ticket.key if decision.ticket else None
+        return Result(decision.outcome, key, inbound.id, decision.error)
+
+    def _result(self, session: Session, inbound: Inbound) -> Result:
+        ticket = _ticket(session, inbound.ticket_id)
+        return Result(inbound.outcome, ticket.key if ticket else None, inbound.id, inbound.error)
+
+    def _log(self, inbound: Inbound, result: Result, started: float | None) -> None:
+        ms = f"{(time.monotonic() - started) * 1000:.0f}" if started else "-"
+        log.info(
+            "message_id=%s sender=%s outcome=%s ticket=%s ms=%s",
+            inbound.message_id or "-", inbound.from_address or inbound.envelope_sender or "-",
+            result.outcome, result.ticket or "-", ms,
+        )
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _try_parse(raw: bytes) -> tuple[ParsedMessage | None, str | None]:
+    try:
+        return parse(raw), None
+    except UnparseableMessage as e:
+        return None, f"unparseable: {e}"
+
+
+def _claim_dedupe_key(session: Session, inbound: Inbound) -> Inbound | None:
+    """Claim the message's de-duplication key for INBOUND; the original's record if it was taken.
+
+    The key is a primary key, so two instances racing for one message cannot both win: the
+    loser's insert fails (on PostgreSQL after the winner commits) and it becomes a duplicate.
+    """
+    try:
+        with session.begin_nested():
+            session.add(Seen(dedupe_key=inbound.dedupe_key, inbound_id=inbound.id))
+            session.flush()
+        return None
+    except sa.exc.IntegrityError:
+        seen = session.get(Seen, inbound.dedupe_key)
+        return session.get(Inbound, seen.inbound_id)
+
+
+def _active_contact(session: Session, address: str | None) -> Contact | None:
+    if not address:
+        return None
+    return session.exec(
+        select(Contact).where(Contact.email == address.lower(), Contact.active.is_(True))
+    ).first()
+
+
+def _may_comment(contact: Contact, ticket: Ticket) -> bool:
+    """SPEC §4.6: the creator, or a contact of the ticket's organisation while it is shared."""
+    return contact.id == ticket.creator_id or (
+        ticket.shared and contact.organisation_id == ticket.organisation_id
+    )
+
+
+def _ticket(session: Session, ticket_id: int | None) -> Ticket | None:
+    return session.get(Ticket, ticket_id) if ticket_id else None
+
+
+def _split(text: str) -> list[str]:
+    return [a for a in text.split(",") if a]

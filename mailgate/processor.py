@@ -1,0 +1,149 @@
+"""The loop around the pipeline: claim from the spool, process, retry, quarantine.
+
+A stage that fails for a passing reason (the database is unreachable or locked) keeps the
+message and tries again with backoff, logging the outage once. A message whose processing
+raises anything else is put back with its attempt counted; after `processing.max_attempts`
+it is quarantined — kept, listed by `mailgate inbox list`, reprocessable — so one bad
+message never blocks the ones behind it. (Mailman's core/runner.py, in small.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import sqlalchemy as sa
+import tenacity
+
+from mailgate.app import App
+from mailgate.db import run_blocking
+from mailgate.pipeline import Pipeline, Result
+from mailgate.spool import Claim
+
+log = logging.getLogger("mailgate.processor")
+
+ORPHAN_SCAN_SECONDS = 60
+
+
+class Transient(Exception):
+    """Processing could not happen now; the message is kept and tried again later."""
+
+
+def is_transient(error: BaseException) -> bool:
+    # OperationalError: the server went away, SQLite is locked, a connection failed.
+    # DBAPIError with connection_invalidated: the pool lost its connection mid-statement.
+    return isinstance(error, sa.exc.OperationalError) or (
+        isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated
+    ) or isinstance(error, sa.exc.TimeoutError)
+
+
+class Processor:
+    def __init__(self, app: App, pipeline: Pipeline | None = None):
+        self.app = app
+        self.spool = app.spool
+        self.pipeline = pipeline or Pipeline(app)
+        self.max_attempts = app.config.processing.max_attempts
+        self.wake = asyncio.Event()
+        self._outage = False
+
+    # --- one message (blocking; also used by `mailgate deliver`) -----------------------
+
+    def handle(self, claim: Claim) -> Result | None:
+        """Process a claimed message. Returns its result, or None when it was put back to be
+        tried again; raises Transient (the claim kept) when the database is unavailable."""
+        try:
+            result = self.pipeline.process(claim.spool_id, claim.envelope, claim.raw)
+        except Exception as e:
+            if is_transient(e):
+                raise Transient(str(e).splitlines()[0]) from e
+            return self._failed(claim, e)
+        self.spool.done(claim)
+        return result
+
+    def _failed(self, claim: Claim, error: Exception) -> Result | None:
+        attempts = claim.envelope.attempts + 1
+        text = f"{type(error).__name__}: {error}"
+        log.error("processing failed (attempt %d of %d) spool_id=%s: %s",
+                  attempts, self.max_attempts, claim.spool_id, text.splitlines()[0][:300])
+        if attempts < self.max_attempts:
+            self.spool.release(claim)
+            return None
+        claim.envelope.attempts = attempts
+        try:
+            result = self.pipeline.quarantine(claim.spool_id, claim.envelope, claim.raw, text)
+        except Exception as e:
+            if is_transient(e):
+                raise Transient(str(e).splitlines()[0]) from e
+            raise
+        self.spool.done(claim)
+        return result
+
+    # --- the daemon's loop -------------------------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Process spooled messages until STOPPING is set, then finish the one in hand."""
+        recovered = await run_blocking(self.spool.recover)
+        if recovered:
+            log.warning("recovered %d message(s) left in progress by an earlier run", recovered)
+        workers = [asyncio.create_task(self._worker(stopping)) for _ in range(self.app.config.processing.workers)]
+        scan = asyncio.create_task(self._orphan_scan(stopping))
+        await asyncio.gather(*workers)
+        scan.cancel()
+
+    async def _worker(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            handled = await self._drain(stopping)
+            if not handled:
+                self.wake.clear()
+                await _wait_any(stopping, self.wake, timeout=1.0)
+
+    async def _drain(self, stopping: asyncio.Event) -> int:
+        handled = 0
+        for spool_id in await run_blocking(self.spool.waiting):
+            if stopping.is_set():
+                break
+            claim = await run_blocking(self.spool.claim, spool_id)
+            if claim is None:
+                continue
+            await self._handle_with_retry(claim)
+            handled += 1
+        return handled
+
+    async def _handle_with_retry(self, claim: Claim) -> None:
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(Transient),
+            wait=tenacity.wait_exponential_jitter(initial=0.5, max=30),
+            before_sleep=self._outage_started,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await run_blocking(self.handle, claim)
+        except asyncio.CancelledError:
+            await run_blocking(self.spool.release, claim, False)
+            raise
+        if self._outage:
+            self._outage = False
+            log.warning("database reachable again; processing resumed")
+
+    def _outage_started(self, state: tenacity.RetryCallState) -> None:
+        if not self._outage:  # an outage is logged once, not once per try
+            self._outage = True
+            log.error("database unavailable, messages stay in the spool: %s", state.outcome.exception())
+
+    async def _orphan_scan(self, stopping: asyncio.Event) -> None:
+        """Pick up messages a crashed `mailgate deliver` left in cur/."""
+        while not stopping.is_set():
+            await _wait_any(stopping, timeout=ORPHAN_SCAN_SECONDS)
+            if await run_blocking(self.spool.recover, ORPHAN_SCAN_SECONDS):
+                self.wake.set()
+
+
+async def _wait_any(*events: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

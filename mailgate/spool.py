@@ -1,0 +1,237 @@
+"""The durable spool: every inbound path stores the raw message here before it says yes.
+
+Layout (one spool per instance, under <state_dir>/spool):
+
+    tmp/   being written; never read
+    new/   durable and waiting for the pipeline
+    cur/   claimed by a processor, which holds an flock on the file while it works
+
+A message is written to tmp/, fsynced, renamed into new/ (or straight into cur/ for the
+pipe path, which processes it itself), and the directory is fsynced: only then is it
+acknowledged. A file in cur/ that nobody holds a lock on belongs to a processor that died;
+`recover` puts it back into new/ and counts the attempt, so a message that kills the process
+is quarantined after a few tries instead of killing it for ever (Mailman's .bak files).
+
+Each file holds one JSON line (the envelope and the attempt count) followed by the raw bytes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mailgate.models import utcnow
+
+ORPHAN_AGE_SECONDS = 30  # a cur/ file younger than this may be in the middle of a claim
+
+
+class SpoolError(OSError):
+    """The spool cannot take the message (disk full, permissions, I/O error)."""
+
+
+@dataclass
+class Envelope:
+    sender: str | None  # envelope sender; "" is the null sender, None unknown
+    recipients: list[str]
+    source: str = "smtp"  # smtp, lmtp, imap, pipe
+    received_at: str = field(default_factory=lambda: utcnow().isoformat())
+    attempts: int = 0
+
+
+@dataclass
+class Claim:
+    """A message a processor holds: the lock lives as long as the open file."""
+
+    spool_id: str
+    path: Path
+    envelope: Envelope
+    raw: bytes
+    _file: object = field(repr=False, default=None)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()  # releases the flock
+            self._file = None
+
+
+class Spool:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.tmp, self.new, self.cur = (self.root / d for d in ("tmp", "new", "cur"))
+
+    def ensure(self) -> None:
+        for d in (self.tmp, self.new, self.cur):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # --- writing -----------------------------------------------------------------------
+
+    def put(self, raw: bytes, envelope: Envelope) -> str:
+        """Store a message durably in new/; returns its spool id. Raises SpoolError."""
+        spool_id = _new_id()
+        tmp = self._write_tmp(spool_id, raw, envelope)
+        self._commit(tmp, self.new / spool_id)
+        return spool_id
+
+    def put_claimed(self, raw: bytes, envelope: Envelope) -> Claim:
+        """Store a message durably straight into cur/, already claimed by the caller."""
+        spool_id = _new_id()
+        tmp = self._write_tmp(spool_id, raw, envelope)
+        f = open(tmp, "rb")
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            self._commit(tmp, self.cur / spool_id)
+        except BaseException:
+            f.close()
+            raise
+        return Claim(spool_id, self.cur / spool_id, envelope, raw, f)
+
+    def _write_tmp(self, spool_id: str, raw: bytes, envelope: Envelope) -> Path:
+        path = self.tmp / spool_id
+        try:
+            with open(path, "wb") as f:
+                f.write(_header(envelope))
+                f.write(raw)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            _unlink_quietly(path)
+            raise SpoolError(e.errno, f"spool write failed: {e.strerror}") from e
+        return path
+
+    def _commit(self, tmp: Path, final: Path) -> None:
+        try:
+            os.rename(tmp, final)
+            _fsync_dir(final.parent)
+        except OSError as e:
+            _unlink_quietly(tmp)
+            raise SpoolError(e.errno, f"spool commit failed: {e.strerror}") from e
+
+    # --- claiming ----------------------------------------------------------------------
+
+    def waiting(self) -> list[str]:
+        """Spool ids in new/, oldest first (ids start with the receive time)."""
+        try:
+            return sorted(os.listdir(self.new))
+        except FileNotFoundError:
+            return []
+
+    def claim(self, spool_id: str) -> Claim | None:
+        """Take one message from new/ into cur/; None when another processor was faster."""
+        src = self.new / spool_id
+        try:
+            f = open(src, "rb")
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(src, self.cur / spool_id)
+        except OSError:  # locked by another claimer, or already moved by it
+            f.close()
+            return None
+        envelope, raw = _read(f)
+        return Claim(spool_id, self.cur / spool_id, envelope, raw, f)
+
+    def done(self, claim: Claim) -> None:
+        """The message is processed and committed: forget it."""
+        _unlink_quietly(claim.path)
+        claim.close()
+
+    def release(self, claim: Claim, count_attempt: bool = True) -> None:
+        """Put a claimed message back into new/ to be tried again."""
+        if count_attempt:
+            claim.envelope.attempts += 1
+            self._rewrite_header(claim)
+        os.rename(claim.path, self.new / claim.spool_id)
+        _fsync_dir(self.new)
+        claim.close()
+
+    def _rewrite_header(self, claim: Claim) -> None:
+        tmp = self._write_tmp(claim.spool_id, claim.raw, claim.envelope)
+        os.rename(tmp, claim.path)  # the new inode is unlocked, the old file stays held
+        _fsync_dir(claim.path.parent)
+
+    # --- recovery and inspection -------------------------------------------------------
+
+    def recover(self, min_age: float = 0) -> int:
+        """Return orphaned cur/ files (no lock held) to new/, counting an attempt each."""
+        recovered = 0
+        now = time.time()
+        for name in _listdir(self.cur):
+            path = self.cur / name
+            try:
+                f = open(path, "rb")
+            except FileNotFoundError:
+                continue
+            with f:
+                if now - os.fstat(f.fileno()).st_ctime < min_age:
+                    continue
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # a live processor holds it
+                envelope, raw = _read(f)
+                claim = Claim(name, path, envelope, raw, None)
+                self.release(claim)
+                recovered += 1
+        return recovered
+
+    def depth(self) -> int:
+        return len(_listdir(self.new)) + len(_listdir(self.cur))
+
+    def writable(self) -> bool:
+        """Whether a message could be stored now (for /healthz)."""
+        probe = self.tmp / f".probe-{uuid.uuid4().hex}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+            return True
+        except OSError:
+            return False
+
+
+def _new_id() -> str:
+    # Time first so that a listing sorts in arrival order; the uuid makes it unique everywhere.
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex}"
+
+
+def _header(envelope: Envelope) -> bytes:
+    return json.dumps(asdict(envelope), separators=(",", ":")).encode() + b"\n"
+
+
+def _read(f) -> tuple[Envelope, bytes]:
+    f.seek(0)
+    data = f.read()
+    head, _, raw = data.partition(b"\n")
+    return Envelope(**json.loads(head)), raw
+
+
+def read_file(path: Path) -> tuple[Envelope, bytes]:
+    with open(path, "rb") as f:
+        return _read(f)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

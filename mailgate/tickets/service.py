@@ -1,0 +1,130 @@
+"""Operations on tickets and comments, shared by the pipeline, the CLI and the HTTP API.
+
+Each function works inside the caller's session (one transaction) and returns the events it
+caused, for the notifications to join the same transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from mailgate.blobs import BlobStore
+from mailgate.events import Event
+from mailgate.mail import refs
+from mailgate.mail.parse import ParsedAttachment
+from mailgate.models import Attachment, Comment, Contact, Counter, Subscription, ThreadMessage, Ticket
+
+TICKET_COUNTER = "ticket"
+
+
+def allocate_key(session: Session, prefix: str) -> str:
+    """The next ticket key. The counter row is locked until commit, so keys never repeat,
+    with several instances on one database too; a rolled-back number leaves a gap."""
+    result = session.execute(
+        sa.update(Counter).where(Counter.name == TICKET_COUNTER).values(value=Counter.value + 1)
+    )
+    if result.rowcount == 0:
+        session.add(Counter(name=TICKET_COUNTER, value=1))
+        session.flush()
+    number = session.execute(select(Counter.value).where(Counter.name == TICKET_COUNTER)).scalar_one()
+    return f"{prefix}-{number}"
+
+
+def create_ticket(
+    session: Session, *, key_prefix: str, creator: Contact, summary: str, description: str,
+    now: datetime, follow_up_of: Ticket | None = None,
+) -> tuple[Ticket, list[Event]]:
+    ticket = Ticket(
+        key=allocate_key(session, key_prefix), summary=summary, description=description,
+        creator_id=creator.id, organisation_id=creator.organisation_id, shared=True,
+        follow_up_of_id=follow_up_of.id if follow_up_of else None,
+        created_at=now, updated_at=now, last_customer_feedback_at=now, status_changed_at=now,
+    )
+    session.add(ticket)
+    session.flush()
+    return ticket, [Event("ticket_created", ticket.id, actor_contact_id=creator.id)]
+
+
+def add_comment(
+    session: Session, ticket: Ticket, *, body: str, now: datetime, author: Contact | None = None,
+    agent: str | None = None, internal: bool = False, inbound_id: int | None = None,
+) -> tuple[Comment, list[Event]]:
+    comment = Comment(
+        ticket_id=ticket.id, author_contact_id=author.id if author else None, author_agent=agent,
+        body=body, internal=internal, created_at=now, inbound_id=inbound_id,
+    )
+    session.add(comment)
+    ticket.updated_at = now
+    session.add(ticket)
+    session.flush()
+    if internal:
+        return comment, []  # internal notes never reach a customer
+    return comment, [Event("comment_added", ticket.id, author.id if author else None, comment.id)]
+
+
+def set_status(ticket: Ticket, status: str, now: datetime, actor_contact_id: int | None = None) -> list[Event]:
+    """Change the status, remembering where clarification was asked from (SPEC §4.7)."""
+    old = ticket.status
+    if old == status:
+        return []
+    if status == "clarification":
+        ticket.status_before_clarification = old
+        ticket.reminders_sent = 0
+    ticket.status = status
+    ticket.status_changed_at = now
+    ticket.updated_at = now
+    return [Event("status_changed", ticket.id, actor_contact_id, old=old, new=status)]
+
+
+def customer_feedback(ticket: Ticket, first_line: str, close_phrases, now: datetime, actor_id: int) -> list[Event]:
+    """The status effect of a customer's comment (SPEC §4.7) and the lifecycle reset (§6)."""
+    ticket.last_customer_feedback_at = now
+    ticket.reminders_sent = 0
+    if ticket.status == "clarification":
+        return set_status(ticket, ticket.status_before_clarification or "in_review", now, actor_id)
+    if ticket.status == "resolved":
+        closing = is_close_confirmation(first_line, close_phrases)
+        return set_status(ticket, "closed" if closing else "in_review", now, actor_id)
+    return []
+
+
+def is_close_confirmation(first_line: str, close_phrases) -> bool:
+    text = " ".join(first_line.lower().split()).rstrip(" .!?,;:")
+    return text in {p.lower() for p in close_phrases}
+
+
+def store_attachments(
+    session: Session, blobs: BlobStore, ticket: Ticket, attachments: list[ParsedAttachment],
+    comment: Comment | None = None,
+) -> list[Attachment]:
+    rows = []
+    for a in attachments:
+        digest = blobs.put(a.data)
+        row = Attachment(
+            ticket_id=ticket.id, comment_id=comment.id if comment else None, filename=a.filename,
+            content_type=a.content_type, size=len(a.data), sha256=digest, inline=a.inline,
+            content_id=a.content_id,
+        )
+        session.add(row)
+        rows.append(row)
+    return rows
+
+
+def add_to_thread(session: Session, ticket: Ticket, message_id: str | None) -> None:
+    """Remember a Message-ID as part of TICKET's thread (first ticket wins)."""
+    if not message_id:
+        return
+    key = refs.id_hash(message_id)
+    if session.get(ThreadMessage, key) is None:
+        session.add(ThreadMessage(id_hash=key, ticket_id=ticket.id))
+
+
+def add_participant(session: Session, ticket: Ticket, contact: Contact) -> None:
+    existing = session.exec(
+        select(Subscription).where(Subscription.ticket_id == ticket.id, Subscription.contact_id == contact.id)
+    ).first()
+    if existing is None:
+        session.add(Subscription(ticket_id=ticket.id, contact_id=contact.id, notify=True, participant=True))

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install what the tests need and run the whole suite: once on SQLite, once on PostgreSQL.
+# Used by `make test` (README) and by CI (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+make --quiet install-test
+
+# PostgreSQL: the machines run one on 127.0.0.1:5432 (user postgres, no password).
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+    fi
+fi
+
+# Dovecot for the IMAP tests (tests start their own private instance).
+if ! command -v dovecot >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null
+        rm -f /usr/sbin/policy-rc.d
+    else
+        echo "note: dovecot is not installed; the IMAP tests will be skipped" >&2
+    fi
+fi
+
+echo "== tests on SQLite"
+MAILGATE_TEST_DB=sqlite .venv/bin/pytest "$@"
+
+if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    echo "== tests on PostgreSQL"
+    MAILGATE_TEST_DB=postgresql .venv/bin/pytest "$@"
+elif [ -n "${CI:-}" ]; then
+    echo "PostgreSQL is not reachable on 127.0.0.1:5432" >&2
+    exit 1
+fi

@@ -1,0 +1,95 @@
+"""Shared fixtures: a config per test, a fresh database (SQLite, or PostgreSQL when
+MAILGATE_TEST_DB=postgresql), the mailgate CLI in-process and as a real process, and a real
+`mailgate serve` on loopback ports.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.support import (
+    DaemonProcess, cli_in_process, pg_create_database, pg_drop_database, pg_template, write_config,
+)
+
+TEST_DB = os.environ.get("MAILGATE_TEST_DB", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def pg_template_name():
+    if TEST_DB != "postgresql":
+        yield None
+        return
+    name = pg_template()
+    yield name
+    pg_drop_database(name)
+
+
+@pytest.fixture
+def database_url(tmp_path: Path, pg_template_name) -> str:
+    if TEST_DB != "postgresql":
+        yield f"sqlite:///{tmp_path / 'mailgate.db'}"
+        return
+    name = f"mg_test_{uuid.uuid4().hex[:12]}"
+    url = pg_create_database(name, template=pg_template_name)
+    yield url
+    pg_drop_database(name)
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, database_url: str):
+    """make_config(**sections) → path of a config file for this test (ports 0 = any free)."""
+
+    def make(name: str = "mailgate.toml", **sections) -> Path:
+        return write_config(tmp_path / name, tmp_path / "state", database_url, sections)
+
+    return make
+
+
+@pytest.fixture
+def config_path(make_config) -> Path:
+    return make_config()
+
+
+@pytest.fixture
+def cli(config_path: Path):
+    """cli(*args, stdin=b"") → (exit code, stdout, stderr), through mailgate.cli.main in-process."""
+
+    def run(*args: str, stdin: bytes = b"", config: Path | None = None):
+        return cli_in_process(["--config", str(config or config_path), *args], stdin)
+
+    return run
+
+
+@pytest.fixture
+def cli_process(config_path: Path):
+    """The CLI as a real process, for exit codes and what a user sees."""
+
+    def run(*args: str, stdin: bytes = b"", config: Path | None = None, env: dict | None = None):
+        return subprocess.run(
+            [sys.executable, "-m", "mailgate", "--config", str(config or config_path), *args],
+            input=stdin, capture_output=True, timeout=60, env={**os.environ, **(env or {})},
+        )
+
+    return run
+
+
+@pytest.fixture
+def daemon(config_path: Path):
+    """daemon(config=None, env=None) → a started `mailgate serve` process; stopped at the end."""
+    started: list[DaemonProcess] = []
+
+    def start(config: Path | None = None, env: dict | None = None) -> DaemonProcess:
+        d = DaemonProcess(config or config_path, env)
+        d.start()
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()

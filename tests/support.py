@@ -1,0 +1,222 @@
+"""Helpers for the tests: config files, databases, the CLI, a real daemon, waiting on conditions."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import signal
+import smtplib
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+PG_ADMIN_URL = os.environ.get("MAILGATE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+SECRET = "test-secret-not-for-production"
+SUPPORT = "support@example.com"
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.02, message: str = "condition"):
+    """Poll PREDICATE until it returns something truthy; fail after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+# --- config ----------------------------------------------------------------------------------
+
+
+def write_config(path: Path, state_dir: Path, database_url: str, sections: dict) -> Path:
+    base = {
+        "database": {"url": database_url},
+        "storage": {"state_dir": str(state_dir)},
+        "smtp": {"host": "127.0.0.1", "port": 0},
+        "http": {"host": "127.0.0.1", "port": 0},
+        "tickets": {"key_prefix": "SD", "support_addresses": [SUPPORT]},
+        "security": {"secret": SECRET},
+        "logging": {"level": "INFO"},
+    }
+    for name, values in sections.items():
+        if isinstance(values, list):
+            base[name] = values
+        else:
+            base.setdefault(name, {}).update(values)
+    path.write_text(to_toml(base))
+    return path
+
+
+def to_toml(data: dict) -> str:
+    lines = []
+    for section, values in data.items():
+        if isinstance(values, list):
+            for table in values:
+                lines.append(f"[[{section}]]")
+                lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+        else:
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+
+def _admin():
+    return sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+
+
+def pg_url(name: str) -> str:
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def pg_create_database(name: str, template: str | None = None) -> str:
+    engine = _admin()
+    with engine.connect() as conn:
+        suffix = f" TEMPLATE {template}" if template else ""
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"{suffix}'))
+    engine.dispose()
+    return pg_url(name)
+
+
+def pg_drop_database(name: str) -> None:
+    engine = _admin()
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def pg_template() -> str:
+    """A migrated database to copy per test (CREATE DATABASE … TEMPLATE is fast)."""
+    from mailgate.db import Database
+
+    name = f"mg_template_{os.getpid()}"
+    pg_drop_database(name)
+    url = pg_create_database(name)
+    db = Database(url)
+    db.upgrade()
+    db.dispose()
+    return name
+
+
+# --- the CLI -----------------------------------------------------------------------------------
+
+
+def cli_in_process(argv: list[str], stdin: bytes = b"") -> tuple[int, str, str]:
+    from mailgate.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    old_stdin = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin))
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as e:  # argparse usage errors
+                code = e.code if isinstance(e.code, int) else 2
+    finally:
+        sys.stdin = old_stdin
+    return code, out.getvalue(), err.getvalue()
+
+
+# --- a real daemon -----------------------------------------------------------------------------
+
+
+class DaemonProcess:
+    """`python -m mailgate serve` as a child process; its announced ports are parsed."""
+
+    def __init__(self, config: Path, env: dict | None = None):
+        self.config = Path(config)
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+        self.lines: list[str] = []
+        self.smtp_port = self.http_port = None
+
+    def start(self, timeout: float = 30.0) -> "DaemonProcess":
+        self.lines = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailgate", "--config", str(self.config), "serve"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, text=True, bufsize=1,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        wait_for(lambda: self._ready() or self.proc.poll() is not None, timeout, message="daemon start")
+        if self.proc.poll() is not None:
+            raise AssertionError("daemon exited at start:\n" + self.output())
+        return self
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def _ready(self) -> bool:
+        for line in list(self.lines):
+            if m := re.search(r"mailgate: (SMTP|LMTP) on [\d.]+:(\d+)", line):
+                self.smtp_port = int(m.group(2))
+            if m := re.search(r"mailgate: HTTP on [\d.]+:(\d+)", line):
+                self.http_port = int(m.group(1))
+        return any("mailgate: state in" in line for line in list(self.lines))
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def smtp(self) -> smtplib.SMTP:
+        return smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30)
+
+
+def send(port: int, raw: bytes, sender: str = "alice@acme.example", recipients=(SUPPORT,)) -> dict:
+    """Send RAW over SMTP; returns smtplib's refused-recipients dict (empty: all accepted)."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        return client.sendmail(sender, list(recipients), raw)
+
+
+def make_message(subject: str = "Printer on fire", body: str = "Please help.",
+                 sender: str = "Alice Adams <alice@acme.example>", message_id: str | None = None,
+                 extra_headers: dict | None = None) -> bytes:
+    import email.utils
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = SUPPORT
+    msg["Subject"] = subject
+    msg["Date"] = email.utils.formatdate()
+    msg["Message-ID"] = message_id or email.utils.make_msgid(domain="acme.example")
+    for k, v in (extra_headers or {}).items():
+        msg[k] = v
+    msg.set_content(body)
+    return bytes(msg)
