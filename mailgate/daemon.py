@@ -31,9 +31,6 @@ class Daemon:
         self.http_runner = None
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
         await self._start_listeners()
         processing = asyncio.create_task(self.processor.run(self.stopping))
         await self.stopping.wait()
@@ -91,4 +88,11 @@ def _announce(text: str) -> None:
 
 def serve(app: App) -> int:
     app.prepare()
-    return asyncio.run(Daemon(app).run())
+    return asyncio.run(_serve(Daemon(app)))
+
+
+async def _serve(daemon: Daemon) -> int:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stopping.set)
+    return await daemon.run()

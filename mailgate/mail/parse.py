@@ -9,9 +9,12 @@ be parsed at all raises `UnparseableMessage`; the pipeline quarantines it.
 from __future__ import annotations
 
 import base64
+import binascii
+import email.policy
 import email.utils
 import logging
 import mimetypes
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import Message
@@ -65,10 +68,10 @@ def parse(raw: bytes) -> ParsedMessage:
     msg = mail.message
     if msg is None or (len(msg) == 0 and not raw.strip()):
         raise UnparseableMessage("empty message")
-    from_name, from_address = _first_address(msg.get_all("From", []))
+    from_name, from_address = _first_address(_raw_values(msg, "From"))
     return ParsedMessage(
         message_id=_message_id(msg),
-        subject=_header_text(mail.subject),
+        subject=_subject(msg),
         from_name=from_name,
         from_address=from_address,
         to=_addresses(msg.get_all("To", [])),
@@ -76,7 +79,7 @@ def parse(raw: bytes) -> ParsedMessage:
         date=_date(msg.get("Date")),
         in_reply_to=refs.message_ids(str(msg.get("In-Reply-To", "") or "")),
         references=refs.message_ids(str(msg.get("References", "") or "")),
-        text=_body_text(mail),
+        text=_body_text(msg),
         attachments=_attachments(mail.attachments),
         headers=msg,
         content_type=msg.get_content_type(),
@@ -92,13 +95,43 @@ def _header_text(value) -> str:
     return " ".join(text.replace("\x00", " ").split())
 
 
+def _subject(msg: Message) -> str:
+    """The first Subject, decoded by the standard library's RFC 2047 rules (which keep the
+    space between an encoded word and plain text that mail-parser loses)."""
+    values = _raw_values(msg, "Subject")
+    if not values:
+        return ""
+    value = _unsurrogate(str(values[0])).replace("\r", "").replace("\n", "")  # unfold
+    try:
+        return _header_text(str(email.policy.default.header_factory("subject", value)))
+    except Exception:  # a header the registry cannot take: fall back to encoded-word decoding
+        return _header_text(_decode_words(value))
+
+
+def _raw_values(msg: Message, name: str) -> list[str]:
+    """A header's values as received (8-bit bytes as surrogate escapes), not as Header objects."""
+    return [str(v) for k, v in msg.raw_items() if k.lower() == name.lower()]
+
+
+def _unsurrogate(text: str) -> str:
+    """Raw 8-bit bytes in a header (no RFC 2047) arrive as surrogate escapes: decode them
+    as UTF-8, else as Windows-1252."""
+    if not any("\udc80" <= c <= "\udcff" for c in text):
+        return text
+    data = text.encode("utf-8", "surrogateescape")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", "replace")
+
+
 def _message_id(msg: Message) -> str | None:
     ids = refs.message_ids(str(msg.get("Message-ID", "") or ""))
     return ids[0] if ids else None
 
 
 def _first_address(values: list) -> tuple[str, str | None]:
-    for name, address in email.utils.getaddresses([str(v) for v in values]):
+    for name, address in email.utils.getaddresses([_unsurrogate(str(v)) for v in values]):
         if "@" in address:
             return _header_text(_decode_words(name)), address.strip().lower()
     return "", None
@@ -130,14 +163,60 @@ def _date(value) -> datetime | None:
 # --- body --------------------------------------------------------------------------------
 
 
-def _body_text(mail) -> str:
-    plain = [p for p in mail.text_plain if p and p.strip()]
+def _body_text(msg: Message) -> str:
+    """The text of the body parts: text/plain, else text/html converted to text.
+
+    mail-parser decides which parts are attachments; the text of the body parts we decode
+    ourselves, because its decoding replaces what a wrong or missing charset declaration
+    makes undecodable, and leaves 7-bit encodings such as ISO-2022-JP undecoded.
+    """
+    plain, html = [], []
+    for part in _body_parts(msg):
+        text = _decode_part(part)
+        if text.strip():
+            (html if part.get_content_subtype() == "html" else plain).append(text)
     if plain:
         return _clean("\n\n".join(plain))
-    html = [p for p in mail.text_html if p and p.strip()]
     if html:
         return _clean("\n\n".join(_html_to_text(h) for h in html))
-    return ""
+    if msg.get_content_maintype() == "multipart" and not msg.is_multipart():
+        # A boundary that never appears: the parser keeps the whole body as one string.
+        return _clean(_decode_part(msg))
+    return _clean(msg.preamble or "") if msg.is_multipart() else ""
+
+
+def _body_parts(msg: Message):
+    """Text parts that are the body: not attachments, not inside an attached message."""
+    if msg.is_multipart():
+        for part in msg.get_payload():
+            if isinstance(part, Message) and not _is_attached(part):
+                yield from _body_parts(part)
+    elif msg.get_content_type() in ("text/plain", "text/html") and not _is_attached(msg):
+        yield msg
+
+
+def _is_attached(part: Message) -> bool:
+    return (
+        part.get_content_disposition() == "attachment" or bool(part.get_filename())
+        or part.get_content_type() == "message/rfc822"
+    )
+
+
+def _decode_part(part: Message) -> str:
+    """Bytes → text: the declared charset, then UTF-8, then Windows-1252, then Latin-1."""
+    try:
+        data = part.get_payload(decode=True) or b""
+    except Exception:
+        data = str(part.get_payload()).encode("utf-8", "replace")
+    declared = part.get_content_charset()
+    for charset in (declared, "utf-8", "cp1252"):
+        if not charset:
+            continue
+        try:
+            return data.decode(charset)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return data.decode("latin-1")
 
 
 def _html_to_text(html: str) -> str:
@@ -149,9 +228,9 @@ def _html_to_text(html: str) -> str:
 
 
 def _clean(text: str) -> str:
+    # Trailing blanks stay: "-- " is the signature separator (RFC 3676).
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
-    lines = [line.rstrip() for line in text.split("\n")]
-    return "\n".join(lines).strip("\n")
+    return text.strip("\n")
 
 
 # --- attachments -------------------------------------------------------------------------
@@ -171,7 +250,7 @@ def _attachments(items: list[dict]) -> list[ParsedAttachment]:
 def _attachment(item: dict) -> ParsedAttachment:
     payload = item.get("payload") or ""
     if item.get("binary"):
-        data = base64.b64decode(payload)
+        data = _lenient_b64decode(payload)
     else:
         data = payload.encode(item.get("charset") or "utf-8", errors="replace") if isinstance(payload, str) else payload
     content_id = (item.get("content-id") or "").strip() or None
@@ -187,6 +266,17 @@ def _attachment(item: dict) -> ParsedAttachment:
         inline=inline,
         content_id=refs.strip_brackets(content_id) if content_id else None,
     )
+
+
+def _lenient_b64decode(text: str) -> bytes:
+    """Base64 as broken mailers write it: stray characters dropped, padding repaired."""
+    try:
+        return base64.b64decode(text)
+    except (binascii.Error, ValueError):
+        pass
+    clean = re.sub(r"[^A-Za-z0-9+/]", "", text)
+    clean = clean[: len(clean) - (len(clean) % 4 == 1)]  # a lone last sextet carries no byte
+    return base64.b64decode(clean + "=" * (-len(clean) % 4))
 
 
 def _is_tnef(attachment: ParsedAttachment) -> bool:

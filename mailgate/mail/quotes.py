@@ -33,5 +33,31 @@ def new_text(body: str) -> str:
     except Exception:  # the library on text it was not made for: keep everything
         log.warning("quote stripping failed; keeping the whole body")
         return body.strip()
-    reply = (reply or "").strip()
+    reply = _without_signature(reply or "")
+    reply = _without_trailing_separators(reply).strip()
     return reply or body.strip()
+
+
+def _without_signature(text: str) -> str:
+    """Cut at the signature separator "-- " (RFC 3676; some clients drop its blank)."""
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if line in ("-- ", "--") and i > 0:
+            return "\n".join(lines[:i])
+    return text
+
+
+def _without_trailing_separators(text: str) -> str:
+    """Drop the separator line the library leaves above a quote it cut ("-----Original
+    Message-----", "-----Ursprüngliche Nachricht-----", Outlook's line of underscores)."""
+    lines = text.rstrip().split("\n")
+    while lines and _is_separator(lines[-1]):
+        lines.pop()
+    return "\n".join(lines)
+
+
+def _is_separator(line: str) -> bool:
+    line = line.strip()
+    if len(line) >= 10 and set(line) <= {"_", "-", "="}:
+        return True
+    return line.startswith("-----") and line.endswith("-----")

@@ -1,0 +1,98 @@
+"""The config file: every key documented, every mistake named (SPEC §8, §9 check-config)."""
+
+import dataclasses
+import tomllib
+import typing
+from pathlib import Path
+
+import pytest
+
+from mailgate import config
+from mailgate.config import Config, ConfigError, ImapConfig
+
+EXAMPLE = Path(__file__).parent.parent / "config" / "mailgate.toml"
+
+
+def _example_with_imap() -> dict:
+    text = EXAMPLE.read_text()
+    # The [[imap]] block is commented out in the example (no mailbox by default): uncomment it.
+    start = text.index("# [[imap]]")
+    block = "\n".join(line[2:] if line.startswith("# ") else line for line in text[start:].splitlines())
+    return tomllib.loads(text[:start] + block)
+
+
+def test_example_config_documents_every_key():
+    data = _example_with_imap()
+    hints = typing.get_type_hints(Config)
+    for section, cls in hints.items():
+        if section == "source":
+            continue
+        cls = typing.get_args(cls)[0] if section == "imap" else cls
+        documented = data[section][0] if section == "imap" else data[section]
+        assert set(documented) == {f.name for f in dataclasses.fields(cls)}, section
+
+
+def test_example_config_loads_and_equals_the_defaults():
+    loaded = config.from_dict(tomllib.loads(EXAMPLE.read_text()))
+    assert loaded == Config()
+
+
+def test_example_imap_block_loads():
+    loaded = config.from_dict(_example_with_imap())
+    assert loaded.imap == (dataclasses.replace(ImapConfig(), **_example_with_imap()["imap"][0]),)
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"smtp": {"prot": 25}}, "smtp.prot"),
+    ({"smpt": {}}, "[smpt]"),
+    ({"smtp": {"port": "25"}}, "smtp.port"),
+    ({"smtp": {"port": 70000}}, "smtp.port"),
+    ({"smtp": {"lmtp": "yes"}}, "smtp.lmtp"),
+    ({"tickets": {"support_addresses": "support@example.com"}}, "tickets.support_addresses"),
+    ({"tickets": {"support_addresses": ["not-an-address"]}}, "tickets.support_addresses"),
+    ({"tickets": {"key_prefix": "S D"}}, "tickets.key_prefix"),
+    ({"database": {"url": "mysql://x"}}, "database.url"),
+    ({"outbound": {"relay_tls": "ssl"}}, "outbound.relay_tls"),
+    ({"policy": {"require_authenticated_sender": True}}, "policy.trusted_authserv_id"),
+    ({"imap": [{"host": "x"}]}, "imap[0].username"),
+])
+def test_a_bad_value_names_its_key(data, key):
+    with pytest.raises(ConfigError) as e:
+        config.from_dict(data)
+    assert key in str(e.value)
+
+
+def test_check_config_names_the_key_and_exits_non_zero(tmp_path, cli_process):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[smtp]\nport = "twenty-five"\n')
+    result = cli_process("check-config", config=bad)
+    assert result.returncode == 78
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "smtp.port" in lines[0], lines
+
+
+def test_broken_toml_is_one_line(tmp_path, cli_process):
+    bad = tmp_path / "broken.toml"
+    bad.write_text("[smtp\nport = 1\n")
+    result = cli_process("ticket", "list", config=bad)
+    assert result.returncode == 78
+    assert len(result.stderr.decode().strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr.decode()
+
+
+def test_missing_config_file_is_one_line(tmp_path, cli_process):
+    result = cli_process("check-config", config=tmp_path / "nowhere.toml")
+    assert result.returncode == 78
+    assert "no such file" in result.stderr.decode()
+
+
+def test_environment_variable_names_the_config(tmp_path, config_path, monkeypatch):
+    monkeypatch.setenv(config.ENV_VAR, str(config_path))
+    assert config.load().source == str(config_path)
+
+
+def test_embedded_defaults():
+    c = Config()
+    assert (c.smtp.host, c.smtp.port, c.http.port) == ("127.0.0.1", 8025, 8080)
+    assert c.database_url.startswith("sqlite:///") and c.database_url.endswith("var/mailgate.db")
+    assert c.attachments_dir == Path("var/attachments")
