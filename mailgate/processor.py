@@ -112,7 +112,7 @@ class Processor:
     async def _handle_with_retry(self, claim: Claim) -> None:
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(Transient),
-            wait=tenacity.wait_exponential_jitter(initial=0.5, max=30),
+            wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=30),
             before_sleep=self._outage_started,
             reraise=True,
         )

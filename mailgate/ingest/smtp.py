@@ -66,6 +66,10 @@ class InboundHandler:
 class _EnhancedReplies:
     """aiosmtpd's own size replies lack the enhanced status code of SPEC §3.1."""
 
+    # RFC 5321 allows 1000 characters a line, but real mailers send longer HTML lines and
+    # MTAs pass them on; refusing them would lose mail. 1 MiB bounds memory per line.
+    line_length_limit = 1024 * 1024
+
     async def push(self, status):
         if isinstance(status, str) and status.startswith("552 Error"):
             status = TOO_BIG
