@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Callable
 
 from mailgate.blobs import BlobStore
 from mailgate.config import Config
@@ -15,6 +16,9 @@ from mailgate.spool import Spool
 @dataclass
 class App:
     config: Config
+    # Called, from any thread, after a transaction that queued outbound mail commits: the
+    # daemon's sender sets it to wake itself instead of waiting for its next poll.
+    on_outbound_queued: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
     @cached_property
     def db(self) -> Database:
@@ -32,6 +36,12 @@ class App:
     def signer(self) -> Signer:
         secret = load_secret(self.config.security.secret, self.config.state_dir)
         return Signer(secret, self.config.message_id_domain)
+
+    @cached_property
+    def renderer(self):
+        from mailgate.notify.render import Renderer
+
+        return Renderer(self.config)
 
     def prepare(self) -> "App":
         """Create the state directories and bring the schema up to date."""

@@ -117,6 +117,61 @@ def cmd_ticket_show(app: App, args) -> int:
     return 0
 
 
+def cmd_ticket_comment(app: App, args) -> int:
+    from mailgate import notify
+    from mailgate.models import utcnow
+    from mailgate.tickets import service
+
+    with _session(app) as s:
+        ticket = _ticket(s, args.key)
+        _, events = _rules(service.agent_comment, s, ticket, args.agent, args.body, args.internal, utcnow())
+        notify.queue(s, app, events)
+    print(f"{ticket.key}: {'internal note' if args.internal else 'comment'} added")
+    return 0
+
+
+def cmd_ticket_set(app: App, args) -> int:
+    from mailgate import notify
+    from mailgate.models import utcnow
+    from mailgate.tickets import service
+
+    if not (args.status or args.type or args.priority):
+        raise CliError("nothing to set: give --status, --type or --priority", EX_USAGE)
+    with _session(app) as s:
+        ticket = _ticket(s, args.key)
+        events = _rules(service.agent_set, ticket, utcnow(), status=args.status, type=args.type, priority=args.priority)
+        s.add(ticket)
+        notify.queue(s, app, events)
+    print(f"{ticket.key}: type {ticket.type}, status {ticket.status}, priority {ticket.priority or '-'}")
+    return 0
+
+
+def cmd_lifecycle_run(app: App, args) -> int:
+    from datetime import datetime
+
+    from mailgate.models import aware, utcnow
+    from mailgate.tickets import lifecycle
+
+    try:
+        now = aware(datetime.fromisoformat(args.now)) if args.now else utcnow()
+    except ValueError:
+        raise CliError(f"--now: {args.now!r} is not an ISO 8601 time", EX_USAGE) from None
+    app.prepare()
+    report = lifecycle.run(app, now)
+    print(f"lifecycle at {now.isoformat()}: {report.closed} closed, {report.reminded} reminded")
+    return 0
+
+
+def _rules(action, *args, **kwargs):
+    """Run a ticket action; a rule it breaks becomes a one-line CLI error."""
+    from mailgate.tickets.service import TicketError
+
+    try:
+        return action(*args, **kwargs)
+    except TicketError as e:
+        raise CliError(str(e)) from None
+
+
 def cmd_inbox_list(app: App, args) -> int:
     from mailgate.models import Inbound
 
@@ -147,6 +202,47 @@ def cmd_inbox_reprocess(app: App, args) -> int:
     return 0
 
 
+def cmd_notify(app: App, args) -> int:
+    from mailgate.notify import subscriptions
+
+    with _session(app) as s:
+        ticket, contact = _ticket(s, args.key), directory.contact(s, args.contact)
+        try:
+            subscriptions.set_notify(s, ticket, contact, args.state == "on")
+        except subscriptions.NotAllowed as e:
+            raise CliError(str(e)) from None
+    print(f"{ticket.key}: notifications {args.state} for {contact.email}")
+    return 0
+
+
+def cmd_outbox_list(app: App, args) -> int:
+    from mailgate.models import Outbound
+
+    with _session(app) as s:
+        names = views.Names(s)
+        rows = [views.outbound(o, names) for o in s.exec(select(Outbound).order_by(Outbound.id))]
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            error = f"  ({r['last_error']})" if r["last_error"] else ""
+            print(f"{r['id']:>6} {r['status']:<8} {r['attempts']:>2} {r['ticket'] or '-':<10} {r['event']:<22} "
+                  f"{r['to']}{error}")
+    return 0
+
+
+def cmd_outbox_flush(app: App, args) -> int:
+    import asyncio
+
+    from mailgate.outbound.sender import Sender
+
+    app.prepare()
+    report = asyncio.run(Sender(app).flush())
+    print(f"sent {report.sent}, deferred {report.deferred}, failed {report.failed + report.expired}"
+          + (f"; stopped: {report.outage}" if report.outage else ""))
+    return 0
+
+
 def cmd_check_config(app: App, args) -> int:
     cfg = app.config
     print(f"config ok: {cfg.source or 'embedded defaults'}")
@@ -155,7 +251,8 @@ def cmd_check_config(app: App, args) -> int:
     print(f"  {'lmtp' if cfg.smtp.lmtp else 'smtp'}: {cfg.smtp.host}:{cfg.smtp.port}; http: {cfg.http.host}:{cfg.http.port}")
     print(f"  support addresses: {', '.join(cfg.tickets.support_addresses)}")
     for box in cfg.imap:
-        print(f"  imap: {box.username}@{box.host}:{box.port}/{box.folder}")
+        after = f"moved to {box.processed_folder}" if box.processed_folder else "expunged"
+        print(f"  imap {box.label}: {box.host}:{box.port}/{box.folder} as {box.username}; processed mail {after}")
     return 0
 
 
@@ -272,6 +369,25 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_ticket_show)
 
+    a = ticket.add_parser("comment", help="comment as an agent")
+    a.add_argument("key")
+    a.add_argument("--agent", required=True)
+    a.add_argument("--body", required=True)
+    a.add_argument("--internal", action="store_true", help="an internal note: no customer sees it")
+    a.set_defaults(func=cmd_ticket_comment)
+    a = ticket.add_parser("set", help="change status, type or priority")
+    a.add_argument("key")
+    a.add_argument("--status")
+    a.add_argument("--type")
+    a.add_argument("--priority")
+    a.add_argument("--agent")
+    a.set_defaults(func=cmd_ticket_set)
+
+    lc = sub.add_parser("lifecycle", help="the lifecycle timers").add_subparsers(dest="sub", required=True, metavar="ACTION")
+    a = lc.add_parser("run", help="one pass: auto-close and reminders")
+    a.add_argument("--now", help="the time to run at (ISO 8601); default: now")
+    a.set_defaults(func=cmd_lifecycle_run)
+
     inbox = sub.add_parser("inbox", help="received messages").add_subparsers(dest="sub", required=True, metavar="ACTION")
     a = inbox.add_parser("list", help="list received messages and their outcomes")
     a.add_argument("--json", action="store_true")
@@ -279,6 +395,19 @@ def build_parser() -> argparse.ArgumentParser:
     a = inbox.add_parser("reprocess", help="run a kept message through the rules again")
     a.add_argument("id", type=int)
     a.set_defaults(func=cmd_inbox_reprocess)
+
+    a = sub.add_parser("notify", help="turn a contact's notifications for a ticket on or off")
+    a.add_argument("key")
+    a.add_argument("--contact", required=True, metavar="EMAIL")
+    a.add_argument("state", choices=("on", "off"))
+    a.set_defaults(func=cmd_notify)
+
+    outbox = sub.add_parser("outbox", help="notification mail").add_subparsers(dest="sub", required=True, metavar="ACTION")
+    a = outbox.add_parser("list", help="list outbound messages and their delivery state")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_outbox_list)
+    a = outbox.add_parser("flush", help="send what is due now, then exit")
+    a.set_defaults(func=cmd_outbox_flush)
 
     sub.add_parser("check-config", help="check the config file").set_defaults(func=cmd_check_config)
     db = sub.add_parser("db", help="database").add_subparsers(dest="sub", required=True, metavar="ACTION")

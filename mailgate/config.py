@@ -76,6 +76,12 @@ class OutboundConfig:
     relay_username: str = ""
     relay_password: str = ""
     max_age_hours: float = 48.0
+    retry_initial_seconds: float = 60.0  # first backoff after a passing failure; doubles, with jitter
+    retry_max_seconds: float = 3600.0
+    timeout_seconds: float = 60.0  # per SMTP command to the relay
+    poll_seconds: float = 5.0  # how often the sender looks for due mail when nothing woke it
+    max_per_recipient_per_hour: int = 30  # notifications beyond this are failed "rate limited"; 0: off
+    templates_dir: str = ""  # templates here override the built-in ones of the same name
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,17 @@ class ProcessingConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """What one message may hold; a message over a limit is quarantined (kept, reprocessable
+    once the limit is raised), so hostile mail cannot exhaust memory, disk or the database."""
+
+    max_attachments: int = 250
+    max_decoded_bytes: int = 104857600  # all attachments together, decoded
+    max_headers: int = 1000
+    max_header_bytes: int = 102400  # one header, folded lines together
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
 
@@ -122,7 +139,23 @@ class ImapConfig:
     folder: str = "INBOX"
     processed_folder: str = "Processed"
     poll_seconds: float = 60
+    idle: bool = True  # false: poll even when the server offers IDLE
     name: str = ""
+
+    @property
+    def label(self) -> str:
+        """The mailbox's name in logs and /healthz."""
+        return self.name or f"{self.username}@{self.host}"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """A support agent of the HTTP API: its bearer token, region and rights."""
+
+    name: str = ""
+    token: str = ""  # the bearer token; long and random (e.g. `openssl rand -hex 32`)
+    region: str = ""  # sees confidential tickets of organisations in this region only
+    read_only: bool = False  # may list and show, not change
 
 
 @dataclass(frozen=True)
@@ -137,8 +170,10 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     processing: ProcessingConfig = field(default_factory=ProcessingConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     imap: tuple[ImapConfig, ...] = ()
+    agents: tuple[AgentConfig, ...] = ()
     source: str = ""  # the file it came from, "" for the embedded defaults
 
     # Derived places: one definition, used by every module.
@@ -202,10 +237,10 @@ def from_dict(data: dict) -> Config:
         spec = _SECTIONS.get(name)
         if spec is None:
             raise ConfigError(f"unknown section [{name}]")
-        if name == "imap":
+        if name in _TABLE_ARRAYS:
             if not isinstance(value, list):
-                raise ConfigError("[[imap]] must be an array of tables")
-            sections[name] = tuple(_section(ImapConfig, f"imap[{i}]", v) for i, v in enumerate(value))
+                raise ConfigError(f"[[{name}]] must be an array of tables")
+            sections[name] = tuple(_section(_TABLE_ARRAYS[name], f"{name}[{i}]", v) for i, v in enumerate(value))
         else:
             sections[name] = _section(spec, name, value)
     config = Config(**sections)
@@ -213,6 +248,7 @@ def from_dict(data: dict) -> Config:
     return config
 
 
+_TABLE_ARRAYS = {"imap": ImapConfig, "agents": AgentConfig}
 _SECTIONS = {name: hint for name, hint in typing.get_type_hints(Config).items() if name != "source"}
 
 
@@ -273,6 +309,13 @@ def _check(config: Config) -> None:
         raise ConfigError("tickets.key_prefix: letters and digits only")
     if config.outbound.relay_tls not in ("none", "starttls", "tls"):
         raise ConfigError("outbound.relay_tls: one of none, starttls, tls")
+    for key in ("max_age_hours", "retry_initial_seconds", "retry_max_seconds", "timeout_seconds", "poll_seconds"):
+        if getattr(config.outbound, key) <= 0:
+            raise ConfigError(f"outbound.{key}: must be more than 0")
+    if config.http.public_url and not config.http.public_url.startswith(("http://", "https://")):
+        raise ConfigError("http.public_url: must start with http:// or https://")
+    if config.outbound.templates_dir and not Path(config.outbound.templates_dir).is_dir():
+        raise ConfigError(f"outbound.templates_dir: {config.outbound.templates_dir!r} is not a directory")
     if bool(config.smtp.tls_cert) != bool(config.smtp.tls_key):
         raise ConfigError("smtp.tls_key: tls_cert and tls_key go together")
     if config.database.url and not config.database.url.startswith(("sqlite", "postgresql")):
@@ -283,9 +326,40 @@ def _check(config: Config) -> None:
         raise ConfigError("logging.level: one of DEBUG, INFO, WARNING, ERROR")
     if config.policy.require_authenticated_sender and not config.policy.trusted_authserv_id:
         raise ConfigError("policy.trusted_authserv_id: needed when require_authenticated_sender is on")
+    _check_agents(config.agents)
     for i, box in enumerate(config.imap):
-        if not box.username:
-            raise ConfigError(f"imap[{i}].username: missing")
+        _check_imap(f"imap[{i}]", box)
+        if [b.label for b in config.imap].index(box.label) != i:
+            raise ConfigError(f"imap[{i}].name: {box.label!r} names two mailboxes; give each its own name")
+
+
+def _check_agents(agents: tuple[AgentConfig, ...]) -> None:
+    for i, agent in enumerate(agents):
+        if not agent.name.strip():
+            raise ConfigError(f"agents[{i}].name: missing")
+        if len(agent.token) < 16:
+            raise ConfigError(f"agents[{i}].token: at least 16 characters")
+    tokens = [a.token for a in agents]
+    if len(set(tokens)) != len(tokens):
+        raise ConfigError("agents: two agents share one token")
+
+
+def _check_imap(key: str, box: ImapConfig) -> None:
+    """One [[imap]] table: where to connect, as whom, which folders."""
+    if not box.host.strip():
+        raise ConfigError(f"{key}.host: missing")
+    if not 1 <= box.port <= 65535:
+        raise ConfigError(f"{key}.port: {box.port} is not a port number")
+    if not box.username:
+        raise ConfigError(f"{key}.username: missing")
+    if not box.folder.strip():
+        raise ConfigError(f"{key}.folder: missing")
+    if box.processed_folder and not box.processed_folder.strip():
+        raise ConfigError(f"{key}.processed_folder: a folder name, or empty to expunge")
+    if box.processed_folder == box.folder:
+        raise ConfigError(f"{key}.processed_folder: must differ from folder (empty: expunge instead)")
+    if box.poll_seconds <= 0:
+        raise ConfigError(f"{key}.poll_seconds: must be more than 0")
 
 
 def _looks_like_address(address: str) -> bool:

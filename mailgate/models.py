@@ -23,6 +23,17 @@ TYPES = {
     "suggestion": "Suggestion",
     "delivery": "Delivery",
 }
+TYPES_DE = {  # display names in German notifications
+    "incident": "Störung",
+    "request": "Anfrage",
+    "software_defect": "Softwarefehler",
+    "non_software_defect": "Nicht-Software-Fehler",
+    "consulting_request": "Beratungsanfrage",
+    "support_request": "Supportanfrage",
+    "customisation": "Anpassung",
+    "suggestion": "Vorschlag",
+    "delivery": "Lieferung",
+}
 
 STATUSES = {
     "opened": "Opened",
@@ -40,6 +51,22 @@ STATUSES = {
     "stage_installed": "Stage installation completed",
     "installed": "Installation completed",
 }
+STATUSES_DE = {
+    "opened": "Eröffnet",
+    "in_review": "In Prüfung durch den Service Desk",
+    "clarification": "Klärung erforderlich / Zurückgestellt",
+    "in_progress": "In Bearbeitung",
+    "estimation_in_progress": "Aufwandsschätzung in Arbeit",
+    "estimation_available": "Aufwandsschätzung verfügbar",
+    "ordered": "Beauftragt",
+    "delivery_pending": "Auslieferung ausstehend",
+    "resolved": "Gelöst",
+    "closed": "Geschlossen",
+    "planned": "Geplant",
+    "delivered": "Ausgeliefert",
+    "stage_installed": "Installation auf Stage abgeschlossen",
+    "installed": "Installation abgeschlossen",
+}
 
 PRIORITIES = ("P1", "P2", "P3", "P4")
 PRIORITISED_TYPES = frozenset({"incident", "software_defect", "non_software_defect"})
@@ -52,6 +79,11 @@ OUTCOMES = (
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def aware(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything mailgate stores is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def _time(**kw):
@@ -186,7 +218,7 @@ class Outbound(SQLModel, table=True):
     event: str = Field(max_length=40)
     recipient: str = Field(max_length=320, index=True)
     subject: str = Field(default="", sa_type=sa.Text)
-    message_id: str = Field(max_length=998, sa_type=sa.Text)
+    message_id: str = Field(max_length=998, sa_type=sa.Text, index=True)  # DSNs find their row by it
     message: bytes = Field(sa_type=sa.LargeBinary)
     status: str = Field(default="queued", max_length=20, index=True)
     attempts: int = 0
@@ -194,6 +226,12 @@ class Outbound(SQLModel, table=True):
     next_attempt_at: datetime = _time(default_factory=utcnow, index=True)
     sent_at: Optional[datetime] = _time(default=None)
     last_error: Optional[str] = Field(default=None, sa_type=sa.Text)
+    # VERP return path (<local>+bounce-<id>-<sig>@<domain>), so a bounce names its row.
+    envelope_sender: Optional[str] = Field(default=None, max_length=320)
+    # A sender's lease on the row while it delivers; a crashed sender's rows come back when
+    # it expires. claimed_by tells a sender whether the lease is still its own.
+    claimed_until: Optional[datetime] = _time(default=None)
+    claimed_by: Optional[str] = Field(default=None, max_length=100)
 
 
 class SenderNotice(SQLModel, table=True):

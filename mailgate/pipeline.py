@@ -12,6 +12,7 @@ The stages, in order (each a small method below):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,10 +24,11 @@ from sqlmodel import Session, func, select
 from mailgate import failpoints, notify
 from mailgate.app import App
 from mailgate.events import Event
-from mailgate.mail import autoreply, quotes, refs, subjects
+from mailgate.mail import authentication, autoreply, quotes, refs, subjects
 from mailgate.mail.addresses import is_support_address
-from mailgate.mail.parse import ParsedMessage, UnparseableMessage, parse
+from mailgate.mail.parse import Limits, ParsedMessage, UnparseableMessage, parse
 from mailgate.models import Contact, Inbound, Seen, ThreadMessage, Ticket, utcnow
+from mailgate.notify import bounces
 from mailgate.spool import Envelope
 from mailgate.tickets import service
 
@@ -55,7 +57,14 @@ class _Decision:
 class Pipeline:
     def __init__(self, app: App):
         self.app = app
-        self.config = app.config
+
+    @property
+    def config(self):
+        return self.app.config  # read at use: a SIGHUP may have replaced it
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(**dataclasses.asdict(self.config.limits))
 
     # --- entry points ------------------------------------------------------------------
 
@@ -67,7 +76,7 @@ class Pipeline:
             if done is not None:
                 return self._result(session, done)
         digest = self.app.blobs.put(raw)
-        parsed, parse_error = _try_parse(raw)
+        parsed, parse_error = _try_parse(raw, self.limits)
         with self.app.db.session() as session:
             inbound = self._record(session, spool_id, envelope, raw, digest, parsed)
             original = _claim_dedupe_key(session, inbound)
@@ -91,7 +100,7 @@ class Pipeline:
             if inbound.outcome in ("ticket_created", "comment_added", "duplicate"):
                 raise ValueError(f"inbound message {inbound_id} is {inbound.outcome}; nothing to reprocess")
             raw = self.app.blobs.get(inbound.sha256)
-            parsed, parse_error = _try_parse(raw)
+            parsed, parse_error = _try_parse(raw, self.limits)
             envelope = Envelope(
                 sender=inbound.envelope_sender, recipients=_split(inbound.envelope_recipients),
                 source=inbound.source,
@@ -105,7 +114,7 @@ class Pipeline:
     def quarantine(self, spool_id: str, envelope: Envelope, raw: bytes, error: str) -> Result:
         """Keep a message that failed too often: raw stored, listed, reprocessable."""
         digest = self.app.blobs.put(raw)
-        parsed, _ = _try_parse(raw)
+        parsed, _ = _try_parse(raw, self.limits)
         with self.app.db.session() as session:
             done = session.exec(select(Inbound).where(Inbound.spool_id == spool_id)).first()
             if done is not None:
@@ -124,11 +133,15 @@ class Pipeline:
         if parsed is None:
             return _Decision("quarantined", error=parse_error)
         if reason := autoreply.reason(parsed.headers, envelope.sender, parsed.from_address):
-            return _Decision("ignored_auto", error=f"machine mail: {reason}")
+            bounced = bounces.record(session, self.app, parsed, envelope)  # SPEC §4.3: our own mail bounced
+            note = f"; bounce of outbound {', '.join(map(str, bounced))}" if bounced else ""
+            return _Decision("ignored_auto", error=f"machine mail: {reason}{note}")
         contact = _active_contact(session, parsed.from_address)
         if contact is None:
             notice = Event("unknown_sender_notice", None, data={"address": parsed.from_address})
             return _Decision("rejected_unknown_sender", events=[notice] if parsed.from_address else [])
+        if self._unauthenticated(parsed):
+            return _Decision("rejected_unauthenticated", error="no DMARC or aligned DKIM pass from the trusted MTA")
         ticket = self._referenced_ticket(session, parsed, contact)
         now = utcnow()
         if ticket is not None and ticket.status != "closed":
@@ -136,6 +149,12 @@ class Pipeline:
         if self._over_rate_limit(session, contact, now):
             return _Decision("rate_limited", error="too many new tickets from this sender in the last hour")
         return self._new_ticket(session, inbound, parsed, contact, now, follow_up_of=ticket)
+
+    def _unauthenticated(self, parsed: ParsedMessage) -> bool:
+        policy = self.config.policy
+        if not policy.require_authenticated_sender:
+            return False
+        return not authentication.authenticated(parsed.headers, parsed.from_address, policy.trusted_authserv_id)
 
     def _referenced_ticket(self, session: Session, parsed: ParsedMessage, contact: Contact) -> Ticket | None:
         """SPEC §4.5–4.6: the first referenced ticket that exists, if the sender may see it."""
@@ -249,11 +268,11 @@ class Pipeline:
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _try_parse(raw: bytes) -> tuple[ParsedMessage | None, str | None]:
+def _try_parse(raw: bytes, limits: Limits) -> tuple[ParsedMessage | None, str | None]:
     try:
-        return parse(raw), None
+        return parse(raw, limits), None
     except UnparseableMessage as e:
-        return None, f"unparseable: {e}"
+        return None, str(e) if str(e).startswith("limit:") else f"unparseable: {e}"
 
 
 def _claim_dedupe_key(session: Session, inbound: Inbound) -> Inbound | None:

@@ -69,6 +69,9 @@ class Processor:
             self.spool.release(claim)
             return None
         claim.envelope.attempts = attempts
+        return self._quarantine(claim, text)
+
+    def _quarantine(self, claim: Claim, text: str) -> Result:
         try:
             result = self.pipeline.quarantine(claim.spool_id, claim.envelope, claim.raw, text)
         except Exception as e:
@@ -82,7 +85,11 @@ class Processor:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Process spooled messages until STOPPING is set, then finish the one in hand."""
-        recovered = await run_blocking(self.spool.recover)
+        try:
+            recovered = await run_blocking(self.spool.recover)
+        except Exception as e:  # the orphan scan tries again later
+            log.error("cannot recover messages left in progress: %s", _one_line(e))
+            recovered = 0
         if recovered:
             log.warning("recovered %d message(s) left in progress by an earlier run", recovered)
         workers = [asyncio.create_task(self._worker(stopping)) for _ in range(self.app.config.processing.workers)]
@@ -92,7 +99,11 @@ class Processor:
 
     async def _worker(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
-            handled = await self._drain(stopping)
+            try:
+                handled = await self._drain(stopping)
+            except Exception as e:  # the spool itself is failing (directory gone, I/O error)
+                log.error("cannot read the spool: %s", _one_line(e))
+                handled = 0
             if not handled:
                 self.wake.clear()
                 await _wait_any(stopping, self.wake, timeout=1.0)
@@ -105,14 +116,25 @@ class Processor:
             claim = await run_blocking(self.spool.claim, spool_id)
             if claim is None:
                 continue
-            await self._handle_with_retry(claim)
+            try:
+                await self._handle_with_retry(claim, stopping)
+            except Exception as e:
+                # Not even quarantining worked. The worker must live on for the messages behind
+                # this one; the message stays in cur/, where the orphan scan finds it again.
+                log.error("processing spool_id=%s failed, left in the spool: %s", spool_id, _one_line(e))
+                log.debug("processing spool_id=%s failed", spool_id, exc_info=True)
+                claim.close()
             handled += 1
         return handled
 
-    async def _handle_with_retry(self, claim: Claim) -> None:
+    async def _handle_with_retry(self, claim: Claim, stopping: asyncio.Event) -> None:
+        """Handle CLAIM, waiting out a database outage — but not a shutdown: then the message
+        goes back to the spool (no attempt counted) for the next start."""
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(Transient),
+            stop=lambda state: stopping.is_set(),
             wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=30),
+            sleep=lambda seconds: _wait_any(stopping, timeout=seconds),
             before_sleep=self._outage_started,
             reraise=True,
         )
@@ -120,6 +142,9 @@ class Processor:
             async for attempt in retrying:
                 with attempt:
                     await run_blocking(self.handle, claim)
+        except Transient:  # stopping during an outage
+            await run_blocking(self.spool.release, claim, False)
+            return
         except asyncio.CancelledError:
             await run_blocking(self.spool.release, claim, False)
             raise
@@ -136,8 +161,20 @@ class Processor:
         """Pick up messages a crashed `mailgate deliver` left in cur/."""
         while not stopping.is_set():
             await _wait_any(stopping, timeout=ORPHAN_SCAN_SECONDS)
-            if await run_blocking(self.spool.recover, ORPHAN_SCAN_SECONDS):
+            if stopping.is_set():
+                break
+            try:
+                recovered = await run_blocking(self.spool.recover, ORPHAN_SCAN_SECONDS)
+            except Exception as e:
+                log.error("cannot scan the spool for orphaned messages: %s", _one_line(e))
+                continue
+            if recovered:
+                log.warning("recovered %d message(s) left in progress by a process that died", recovered)
                 self.wake.set()
+
+
+def _one_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}"
 
 
 async def _wait_any(*events: asyncio.Event, timeout: float) -> None:

@@ -5,12 +5,16 @@ Layout (one spool per instance, under <state_dir>/spool):
     tmp/   being written; never read
     new/   durable and waiting for the pipeline
     cur/   claimed by a processor, which holds an flock on the file while it works
+    bad/   files that cannot be read as a spool file (damaged, or not ours): set aside for the
+           operator instead of stopping the processor on every try
 
 A message is written to tmp/, fsynced, renamed into new/ (or straight into cur/ for the
 pipe path, which processes it itself), and the directory is fsynced: only then is it
 acknowledged. A file in cur/ that nobody holds a lock on belongs to a processor that died;
-`recover` puts it back into new/ and counts the attempt, so a message that kills the process
-is quarantined after a few tries instead of killing it for ever (Mailman's .bak files).
+`recover` puts it back into new/ and counts the attempt (Mailman's .bak files). A death alone
+never quarantines a message, though: a SIGKILL from outside (an operator, the OOM killer, a
+watchdog) cannot be told from one the message caused, and it hits whatever is in flight —
+right after a restart, the same recovered messages again (tests/test_kill.py).
 
 Each file holds one JSON line (the envelope and the attempt count) followed by the raw bytes.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import time
 import uuid
@@ -27,7 +32,10 @@ from pathlib import Path
 
 from mailgate.models import utcnow
 
+log = logging.getLogger("mailgate.spool")
+
 ORPHAN_AGE_SECONDS = 30  # a cur/ file younger than this may be in the middle of a claim
+STALE_TMP_SECONDS = 3600  # a tmp/ file is written in milliseconds; one this old lost its writer
 
 
 class SpoolError(OSError):
@@ -65,8 +73,11 @@ class Spool:
         self.tmp, self.new, self.cur = (self.root / d for d in ("tmp", "new", "cur"))
 
     def ensure(self) -> None:
+        """Create what is missing; something broken in the way is left for the writers to
+        report (451 on SMTP, 75 from deliver), so commands that only read still work."""
         for d in (self.tmp, self.new, self.cur):
-            d.mkdir(parents=True, exist_ok=True)
+            if not d.exists():
+                d.mkdir(parents=True, exist_ok=True)
 
     # --- writing -----------------------------------------------------------------------
 
@@ -81,10 +92,20 @@ class Spool:
         """Store a message durably straight into cur/, already claimed by the caller."""
         spool_id = _new_id()
         tmp = self._write_tmp(spool_id, raw, envelope)
-        f = open(tmp, "rb")
-        fcntl.flock(f, fcntl.LOCK_EX)
         try:
+            f = open(tmp, "rb")
+        except OSError as e:
+            _unlink_quietly(tmp)
+            raise SpoolError(e.errno, f"spool write failed: {e.strerror}") from e
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)  # held before the file appears in cur/
             self._commit(tmp, self.cur / spool_id)
+        except OSError as e:
+            f.close()
+            _unlink_quietly(tmp)
+            if isinstance(e, SpoolError):
+                raise
+            raise SpoolError(e.errno, f"spool write failed: {e.strerror}") from e
         except BaseException:
             f.close()
             raise
@@ -106,9 +127,14 @@ class Spool:
     def _commit(self, tmp: Path, final: Path) -> None:
         try:
             os.rename(tmp, final)
-            _fsync_dir(final.parent)
         except OSError as e:
             _unlink_quietly(tmp)
+            raise SpoolError(e.errno, f"spool commit failed: {e.strerror}") from e
+        try:
+            _fsync_dir(final.parent)
+        except OSError as e:
+            # Not durable, so not acknowledged: take it back, the sender keeps it and retries.
+            _unlink_quietly(final)
             raise SpoolError(e.errno, f"spool commit failed: {e.strerror}") from e
 
     # --- claiming ----------------------------------------------------------------------
@@ -129,11 +155,24 @@ class Spool:
             return None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # The lock is on the inode we opened; another claimer may have moved that one and
+            # put a rewritten file (release) under the same name meanwhile: only move ours.
+            if not _same_file(f, src):
+                f.close()
+                return None
             os.rename(src, self.cur / spool_id)
         except OSError:  # locked by another claimer, or already moved by it
             f.close()
             return None
-        envelope, raw = _read(f)
+        try:
+            envelope, raw = _read(f)
+        except UnreadableSpoolFile as e:
+            self._set_aside(self.cur / spool_id, e)
+            f.close()
+            return None
+        except BaseException:
+            f.close()
+            raise
         return Claim(spool_id, self.cur / spool_id, envelope, raw, f)
 
     def done(self, claim: Claim) -> None:
@@ -143,24 +182,42 @@ class Spool:
 
     def release(self, claim: Claim, count_attempt: bool = True) -> None:
         """Put a claimed message back into new/ to be tried again."""
-        if count_attempt:
-            claim.envelope.attempts += 1
-            self._rewrite_header(claim)
-        os.rename(claim.path, self.new / claim.spool_id)
-        _fsync_dir(self.new)
-        claim.close()
+        try:
+            if count_attempt:
+                claim.envelope.attempts += 1
+                try:
+                    self._rewrite_header(claim)
+                except OSError:
+                    # Cannot rewrite (disk full?): put it back uncounted rather than not at all.
+                    claim.envelope.attempts -= 1
+            os.rename(claim.path, self.new / claim.spool_id)
+            _fsync_dir(self.new)
+        finally:
+            claim.close()
 
     def _rewrite_header(self, claim: Claim) -> None:
         tmp = self._write_tmp(claim.spool_id, claim.raw, claim.envelope)
-        os.rename(tmp, claim.path)  # the new inode is unlocked, the old file stays held
+        try:
+            os.rename(tmp, claim.path)  # the new inode is unlocked, the old file stays held
+        except OSError:
+            _unlink_quietly(tmp)
+            raise
         _fsync_dir(claim.path.parent)
 
     # --- recovery and inspection -------------------------------------------------------
 
     def recover(self, min_age: float = 0) -> int:
-        """Return orphaned cur/ files (no lock held) to new/, counting an attempt each."""
+        """Return orphaned cur/ files (no lock held) to new/, counting an attempt each; remove
+        tmp/ files a killed writer left (never acknowledged, so nobody waits for them)."""
         recovered = 0
         now = time.time()
+        for name in _listdir(self.tmp):
+            path = self.tmp / name
+            try:
+                if now - path.stat().st_mtime > STALE_TMP_SECONDS:
+                    path.unlink()
+            except OSError:
+                pass
         for name in _listdir(self.cur):
             path = self.cur / name
             try:
@@ -174,11 +231,27 @@ class Spool:
                     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
                     continue  # a live processor holds it
-                envelope, raw = _read(f)
+                if not _same_file(f, path):
+                    continue  # released or recovered by someone else meanwhile
+                try:
+                    envelope, raw = _read(f)
+                except UnreadableSpoolFile as e:
+                    self._set_aside(path, e)
+                    continue
                 claim = Claim(name, path, envelope, raw, None)
                 self.release(claim)
                 recovered += 1
         return recovered
+
+    def _set_aside(self, path: Path, error: Exception) -> None:
+        bad = self.root / "bad"
+        try:
+            bad.mkdir(exist_ok=True)
+            os.rename(path, bad / path.name)
+        except OSError as e:
+            log.error("unreadable spool file %s (%s); cannot move it to %s: %s", path, error, bad, e.strerror)
+            return
+        log.error("unreadable spool file %s (%s): moved to %s", path.name, error, bad)
 
     def depth(self) -> int:
         return len(_listdir(self.new)) + len(_listdir(self.cur))
@@ -203,11 +276,22 @@ def _header(envelope: Envelope) -> bytes:
     return json.dumps(asdict(envelope), separators=(",", ":")).encode() + b"\n"
 
 
+class UnreadableSpoolFile(ValueError):
+    """A file in the spool without a valid envelope line."""
+
+
 def _read(f) -> tuple[Envelope, bytes]:
     f.seek(0)
     data = f.read()
     head, _, raw = data.partition(b"\n")
-    return Envelope(**json.loads(head)), raw
+    try:
+        fields = json.loads(head)
+        envelope = Envelope(**fields)
+    except (ValueError, TypeError) as e:
+        raise UnreadableSpoolFile(f"no valid envelope: {type(e).__name__}") from None
+    if not isinstance(envelope.recipients, list) or not isinstance(envelope.attempts, int):
+        raise UnreadableSpoolFile("no valid envelope: wrong field types")
+    return envelope, raw
 
 
 def read_file(path: Path) -> tuple[Envelope, bytes]:
@@ -230,8 +314,21 @@ def _listdir(path: Path) -> list[str]:
         return []
 
 
+def _same_file(f, path: Path) -> bool:
+    """Whether PATH still names the file F has open."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    mine = os.fstat(f.fileno())
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
 def _unlink_quietly(path: Path) -> None:
+    """Remove PATH if it is there. Used on the way out of an error (the original error is the
+    one to report: a tmp/ that is no directory any more must give SpoolError, not ENOTDIR from
+    the clean-up) and for files that may already be gone."""
     try:
         os.unlink(path)
-    except FileNotFoundError:
+    except OSError:
         pass

@@ -6,19 +6,15 @@ times as ISO 8601 with a UTC offset.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 from sqlmodel import Session, select
 
-from mailgate.models import Attachment, Comment, Contact, Inbound, Organisation, Outbound, Subscription, Ticket
+from mailgate.models import aware, Attachment, Comment, Contact, Inbound, Organisation, Outbound, Subscription, Ticket
 
 
 def iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:  # SQLite hands back naive datetimes; we only ever store UTC
-        value = value.replace(tzinfo=timezone.utc)
-    return value.isoformat()
+    return None if value is None else aware(value).isoformat()
 
 
 class Names:

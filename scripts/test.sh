@@ -16,9 +16,13 @@ fi
 # Dovecot for the IMAP tests (tests start their own private instance).
 if ! command -v dovecot >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        # A policy-rc.d that says no keeps the package's system service from starting;
+        # one that was there before stays as it was.
+        policy=/usr/sbin/policy-rc.d
+        [ -e "$policy" ] && cp -p "$policy" "$policy.mailgate-saved"
+        printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null
-        rm -f /usr/sbin/policy-rc.d
+        if [ -e "$policy.mailgate-saved" ]; then mv "$policy.mailgate-saved" "$policy"; else rm -f "$policy"; fi
     else
         echo "note: dovecot is not installed; the IMAP tests will be skipped" >&2
     fi

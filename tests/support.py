@@ -207,6 +207,7 @@ def send(port: int, raw: bytes, sender: str = "alice@acme.example", recipients=(
 def make_message(subject: str = "Printer on fire", body: str = "Please help.",
                  sender: str = "Alice Adams <alice@acme.example>", message_id: str | None = None,
                  extra_headers: dict | None = None) -> bytes:
+    import email.policy
     import email.utils
     from email.message import EmailMessage
 
@@ -219,4 +220,81 @@ def make_message(subject: str = "Printer on fire", body: str = "Please help.",
     for k, v in (extra_headers or {}).items():
         msg[k] = v
     msg.set_content(body)
-    return bytes(msg)
+    return msg.as_bytes(policy=email.policy.SMTP)  # CRLF, as mail travels
+
+
+# --- raw SMTP/LMTP dialogs and CLI output --------------------------------------------------------
+
+
+class LineClient:
+    """A bare SMTP/LMTP client over loopback: one command, one reply read at a time, so a test
+    can count replies (LMTP answers DATA once per recipient; smtplib reads only one)."""
+
+    def __init__(self, port: int, timeout: float = 30.0):
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.file = self.sock.makefile("rb")
+
+    def reply(self) -> tuple[int, list[str]]:
+        """One reply: its code and its lines (a multi-line reply has several)."""
+        lines = []
+        while True:
+            line = self.file.readline()
+            if not line:
+                raise ConnectionError("connection closed; replies so far: %r" % lines)
+            text = line.decode("utf-8", "replace").rstrip("\r\n")
+            lines.append(text)
+            if len(text) < 4 or text[3] != "-":
+                return int(text[:3]), lines
+
+    def command(self, line: str) -> tuple[int, list[str]]:
+        self.sock.sendall(line.encode() + b"\r\n")
+        return self.reply()
+
+    def send_data(self, raw: bytes) -> None:
+        """The message after a 354: CRLF line ends, dot-stuffed, ended by a lone dot."""
+        body = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if not body.endswith(b"\r\n"):
+            body += b"\r\n"
+        lines = [b"." + ln if ln.startswith(b".") else ln for ln in body.split(b"\r\n")[:-1]]
+        self.sock.sendall(b"\r\n".join(lines) + b"\r\n.\r\n")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def __enter__(self) -> "LineClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def cli_json(cli, *args: str):
+    """The JSON document a `cli` (in-process) command printed; fails on a non-zero exit."""
+    import json
+
+    code, out, err = cli(*args, "--json")
+    assert code == 0, (args, code, err)
+    return json.loads(out)
+
+
+def add_customer(cli, email: str = "alice@acme.example", name: str = "Alice Adams", org: str = "Acme") -> None:
+    """An organisation (if new) and an active contact in it, through the in-process `cli`."""
+    code, _, err = cli("org", "add", org)
+    assert code == 0 or "exists" in err, err
+    code, _, err = cli("contact", "add", email, "--name", name, "--org", org)
+    assert code == 0, err
+
+
+def spool_files(state_dir: Path) -> dict[str, list[str]]:
+    """What lies in each spool directory of STATE_DIR."""
+    spool = Path(state_dir) / "spool"
+    return {d: sorted(os.listdir(spool / d)) if (spool / d).is_dir() else [] for d in ("tmp", "new", "cur")}
+
+
+def crlf(raw: bytes) -> bytes:
+    """RAW with CRLF line ends, as SMTP carries it. (smtplib sends bytes as they are: with bare
+    LFs the whole message reads as one line on the wire, which a size or line limit then sees.)"""
+    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")

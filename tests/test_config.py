@@ -1,6 +1,7 @@
 """The config file: every key documented, every mistake named (SPEC §8, §9 check-config)."""
 
 import dataclasses
+import re
 import tomllib
 import typing
 from pathlib import Path
@@ -14,11 +15,13 @@ EXAMPLE = Path(__file__).parent.parent / "config" / "mailgate.toml"
 
 
 def _example_with_imap() -> dict:
-    text = EXAMPLE.read_text()
-    # The [[imap]] block is commented out in the example (no mailbox by default): uncomment it.
-    start = text.index("# [[imap]]")
-    block = "\n".join(line[2:] if line.startswith("# ") else line for line in text[start:].splitlines())
-    return tomllib.loads(text[:start] + block)
+    """The example with its commented-out [[imap]] and [[agents]] tables switched on."""
+    lines = []
+    for line in EXAMPLE.read_text().splitlines():
+        if re.match(r"# (\[\[\w+\]\]|\w+ = )", line):
+            line = line[2:]
+        lines.append(line)
+    return tomllib.loads("\n".join(lines))
 
 
 def test_example_config_documents_every_key():
@@ -27,8 +30,9 @@ def test_example_config_documents_every_key():
     for section, cls in hints.items():
         if section == "source":
             continue
-        cls = typing.get_args(cls)[0] if section == "imap" else cls
-        documented = data[section][0] if section == "imap" else data[section]
+        is_array = typing.get_origin(cls) is tuple
+        cls = typing.get_args(cls)[0] if is_array else cls
+        documented = data[section][0] if is_array else data[section]
         assert set(documented) == {f.name for f in dataclasses.fields(cls)}, section
 
 
@@ -38,8 +42,11 @@ def test_example_config_loads_and_equals_the_defaults():
 
 
 def test_example_imap_block_loads():
-    loaded = config.from_dict(_example_with_imap())
-    assert loaded.imap == (dataclasses.replace(ImapConfig(), **_example_with_imap()["imap"][0]),)
+    data = _example_with_imap()
+    data["agents"][0]["token"] = "x" * 32
+    loaded = config.from_dict(data)
+    assert loaded.imap == (dataclasses.replace(ImapConfig(), **data["imap"][0]),)
+    assert loaded.agents[0].name == "sam"
 
 
 @pytest.mark.parametrize("data, key", [

@@ -7,12 +7,19 @@ from aiohttp import web
 
 from mailgate.app import App
 from mailgate.db import run_blocking
+from mailgate.http import api
+from mailgate.http import links
+
+MAILBOXES = web.AppKey("mailboxes", object)  # the daemon's IMAP pollers (ingest.imap.Pollers), if any
 
 
-def application(app: App) -> web.Application:
+def application(app: App, mailboxes=None) -> web.Application:
     web_app = web.Application()
     web_app["mailgate"] = app
+    web_app[MAILBOXES] = mailboxes
     web_app.router.add_get("/healthz", healthz)
+    api.routes(web_app)
+    links.add_routes(web_app)  # /notifications/<token>: the signed on/off links
     return web_app
 
 
@@ -23,6 +30,9 @@ async def healthz(request: web.Request) -> web.Response:
     ok = all(checks.values())
     body = {"status": "ok" if ok else "failing", **{k: "ok" if v else "failing" for k, v in checks.items()},
             "spool_depth": await run_blocking(app.spool.depth)}
+    if request.app[MAILBOXES] is not None:
+        # Reported, not judged: a mailbox the daemon cannot reach does not make the daemon unhealthy.
+        body["imap"] = request.app[MAILBOXES].report()
     return web.json_response(body, status=200 if ok else 503)
 
 
@@ -34,8 +44,8 @@ def _database_ok(app: App) -> bool:
         return False
 
 
-async def start(app: App) -> web.AppRunner:
-    runner = web.AppRunner(application(app), access_log=None)
+async def start(app: App, mailboxes=None) -> web.AppRunner:
+    runner = web.AppRunner(application(app, mailboxes), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, app.config.http.host, app.config.http.port)
     await site.start()

@@ -42,17 +42,24 @@ def deliver(app: App, raw: bytes, sender: str | None, recipient: str | None) -> 
     try:
         result = _process(processor, claim)
     except Transient as e:
-        _forget(claim)  # the MTA retries; keeping our copy too would only make a duplicate
         return Delivery(EX_TEMPFAIL, error=f"database unavailable: {e}")
+    except Exception as e:  # stored, but neither processed nor quarantined: let the MTA keep it
+        return Delivery(EX_TEMPFAIL, error=f"cannot process the message now: {type(e).__name__}: {_first_line(e)}")
     return Delivery(EX_OK, result)
 
 
 def _process(processor: Processor, claim) -> Result | None:
     """Process now; a failure counts as an attempt and is retried at once, up to the limit,
     after which the message is quarantined (kept for the operator: still exit 0).
-    None: a running daemon took the message over between two attempts and will finish it."""
+    None: a running daemon took the message over between two attempts and will finish it.
+    When it raises, our copy is gone: the MTA keeps the message and tries again (keeping
+    ours too would only make a duplicate)."""
     while True:
-        result = processor.handle(claim)
+        try:
+            result = processor.handle(claim)
+        except BaseException:
+            _forget(claim)  # the claim in hand, which may be a re-claim of the first one
+            raise
         if result is not None:
             return result
         claim = processor.spool.claim(claim.spool_id)
@@ -66,3 +73,7 @@ def _forget(claim) -> None:
     except FileNotFoundError:
         pass
     claim.close()
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:300]

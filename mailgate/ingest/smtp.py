@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from typing import Callable
 
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope
+from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, syntax
 
 from mailgate.app import App
 from mailgate.db import run_blocking
@@ -38,7 +39,6 @@ class InboundHandler:
         self.support = app.config.support_addresses
         self.on_spooled = on_spooled
         self.source = "lmtp" if lmtp else "smtp"
-        self.lmtp = lmtp
 
     async def handle_RCPT(self, server, session, envelope: SmtpEnvelope, address: str, rcpt_options):
         if not is_support_address(address, self.support):
@@ -47,20 +47,21 @@ class InboundHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server, session, envelope: SmtpEnvelope):
-        spooled = Envelope(sender=envelope.mail_from, recipients=list(envelope.rcpt_tos), source=self.source)
+        # aiosmtpd keeps MAIL FROM:<> as "<>" (it needs a true value there); the spool's null
+        # sender is "".
+        sender = "" if envelope.mail_from in ("<>", "") else envelope.mail_from
+        spooled = Envelope(sender=sender, recipients=list(envelope.rcpt_tos), source=self.source)
         try:
             spool_id = await run_blocking(self.app.spool.put, envelope.original_content, spooled)
         except SpoolError as e:
             log.error("spool write failed, answered 451: %s", e.strerror)
-            return self._reply(envelope, SPOOL_FAILED)
+            return SPOOL_FAILED
+        except Exception:  # whatever it was, the message is not stored: the client must keep it
+            log.exception("spool write failed, answered 451")
+            return SPOOL_FAILED
         log.debug("spooled %s (%d bytes)", spool_id, len(envelope.original_content))
         self.on_spooled()
-        return self._reply(envelope, ACCEPTED)
-
-    def _reply(self, envelope: SmtpEnvelope, status: str) -> str:
-        if not self.lmtp:
-            return status
-        return "\r\n".join(status for _ in envelope.rcpt_tos)  # LMTP: one reply per recipient
+        return ACCEPTED
 
 
 class _EnhancedReplies:
@@ -71,8 +72,8 @@ class _EnhancedReplies:
     line_length_limit = 1024 * 1024
 
     async def push(self, status):
-        if isinstance(status, str) and status.startswith("552 Error"):
-            status = TOO_BIG
+        if isinstance(status, str) and "552 Error" in status:
+            status = "\r\n".join(TOO_BIG if line.startswith("552 Error") else line for line in status.split("\r\n"))
         await super().push(status)
 
 
@@ -81,7 +82,31 @@ class MailgateSMTP(_EnhancedReplies, SMTP):
 
 
 class MailgateLMTP(_EnhancedReplies, LMTP):
-    pass
+    """LMTP (RFC 2033 §4.2): the reply to the end of DATA comes once per accepted recipient —
+    a 250 as well as aiosmtpd's own refusals (too big, line too long) or our 451. aiosmtpd
+    sends one; an LMTP client would wait for the others and the dialog would go out of step."""
+
+    _data_recipients = 0  # >0 from DATA's 354 until its final reply
+    _data_started = False
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        self._data_recipients = len(self.envelope.rcpt_tos) if self.envelope else 0
+        self._data_started = False
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._data_recipients = 0
+            self._data_started = False
+
+    async def push(self, status):
+        if self._data_recipients and isinstance(status, str):
+            if not self._data_started:
+                self._data_started = status.startswith("354")  # replies before it are single
+            else:
+                count, self._data_recipients = self._data_recipients, 0
+                status = "\r\n".join([status] * count)
+        await super().push(status)
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
@@ -95,14 +120,18 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
 async def start(app: App, on_spooled: Callable[[], None]) -> asyncio.AbstractServer:
     """Bind the listener on the running loop."""
     cfg = app.config.smtp
+    # aiosmtpd's own log says "<< / >>" for every command at INFO, and logs the DATA lines —
+    # the message bodies — at DEBUG. We log one line per message ourselves (SPEC §8).
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     handler = InboundHandler(app, on_spooled, cfg.lmtp)
     protocol = MailgateLMTP if cfg.lmtp else MailgateSMTP
     context = tls_context(cfg.tls_cert, cfg.tls_key)
+    # Without a name aiosmtpd asks socket.getfqdn() once per connection, on the event loop
+    # (a DNS lookup that may take seconds): ask once, off the loop.
+    hostname = cfg.hostname or await run_blocking(socket.getfqdn)
     kwargs = dict(
         data_size_limit=cfg.max_message_size, enable_SMTPUTF8=True, decode_data=False,
-        tls_context=context, require_starttls=False, ident="mailgate",
+        tls_context=context, require_starttls=False, ident="mailgate", hostname=hostname,
     )
-    if cfg.hostname:
-        kwargs["hostname"] = cfg.hostname
     loop = asyncio.get_running_loop()
     return await loop.create_server(lambda: protocol(handler, **kwargs), host=cfg.host, port=cfg.port)

@@ -15,6 +15,7 @@ import email.utils
 import logging
 import mimetypes
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import Message
@@ -31,7 +32,15 @@ TNEF_TYPES = ("application/ms-tnef", "application/vnd.ms-tnef")
 
 
 class UnparseableMessage(Exception):
-    """Nothing usable could be read from the bytes."""
+    """Nothing usable could be read from the bytes, or they exceed a limit."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_attachments: int = 250
+    max_decoded_bytes: int = 100 * 1024 * 1024
+    max_headers: int = 1000
+    max_header_bytes: int = 100 * 1024
 
 
 @dataclass
@@ -60,7 +69,8 @@ class ParsedMessage:
     content_type: str = "text/plain"
 
 
-def parse(raw: bytes) -> ParsedMessage:
+def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMessage:
+    _check_headers(raw, limits)
     try:
         mail = mailparser.parse_from_bytes(raw)
     except Exception as e:  # mail-parser raises many kinds; all mean the same to us
@@ -69,6 +79,8 @@ def parse(raw: bytes) -> ParsedMessage:
     if msg is None or (len(msg) == 0 and not raw.strip()):
         raise UnparseableMessage("empty message")
     from_name, from_address = _first_address(_raw_values(msg, "From"))
+    attachments = _attachments(mail.attachments)
+    _check_attachments(attachments, limits)
     return ParsedMessage(
         message_id=_message_id(msg),
         subject=_subject(msg),
@@ -80,10 +92,41 @@ def parse(raw: bytes) -> ParsedMessage:
         in_reply_to=refs.message_ids(str(msg.get("In-Reply-To", "") or "")),
         references=refs.message_ids(str(msg.get("References", "") or "")),
         text=_body_text(msg),
-        attachments=_attachments(mail.attachments),
+        attachments=attachments,
         headers=msg,
         content_type=msg.get_content_type(),
     )
+
+
+# --- limits ------------------------------------------------------------------------------
+
+
+def _check_headers(raw: bytes, limits: Limits) -> None:
+    """Count and measure the top-level header fields before anything parses them."""
+    end = raw.find(b"\n\n")
+    end2 = raw.find(b"\r\n\r\n")
+    ends = [e for e in (end, end2) if e >= 0]
+    head = raw[: min(ends)] if ends else raw
+    count, longest, current = 0, 0, 0
+    for line in head.split(b"\n"):
+        if line[:1] in (b" ", b"\t"):
+            current += len(line)
+        else:
+            count += 1
+            current = len(line)
+        longest = max(longest, current)
+    if count > limits.max_headers:
+        raise UnparseableMessage(f"limit: {count} header fields (at most {limits.max_headers})")
+    if longest > limits.max_header_bytes:
+        raise UnparseableMessage(f"limit: a header of {longest} bytes (at most {limits.max_header_bytes})")
+
+
+def _check_attachments(attachments: list[ParsedAttachment], limits: Limits) -> None:
+    if len(attachments) > limits.max_attachments:
+        raise UnparseableMessage(f"limit: {len(attachments)} attachments (at most {limits.max_attachments})")
+    total = sum(len(a.data) for a in attachments)
+    if total > limits.max_decoded_bytes:
+        raise UnparseableMessage(f"limit: {total} bytes of attachments (at most {limits.max_decoded_bytes})")
 
 
 # --- headers -----------------------------------------------------------------------------
@@ -260,12 +303,19 @@ def _attachment(item: dict) -> ParsedAttachment:
     if content_id and filename == item.get("content-id"):
         filename = refs.strip_brackets(content_id)  # mail-parser names unnamed parts by their Content-ID
     return ParsedAttachment(
-        filename=_header_text(filename)[:255] or "attachment",
+        filename=_display_name(filename),
         content_type=(item.get("mail_content_type") or "application/octet-stream").lower()[:255],
         data=data,
         inline=inline,
         content_id=refs.strip_brackets(content_id) if content_id else None,
     )
+
+
+def _display_name(name: str) -> str:
+    """The sender's file name, for display only (content is stored under its sha256):
+    control characters removed, at most 255 characters."""
+    text = "".join(c for c in _header_text(name) if unicodedata.category(c) != "Cc")
+    return text[:255] or "attachment"
 
 
 def _lenient_b64decode(text: str) -> bytes:
@@ -289,7 +339,7 @@ def _unpack_tnef(attachment: ParsedAttachment) -> list[ParsedAttachment]:
         tnef = TNEF(attachment.data)
         files = [
             ParsedAttachment(
-                filename=_header_text(_tnef_name(a))[:255] or "attachment",
+                filename=_display_name(_tnef_name(a)),
                 content_type=mimetypes.guess_type(_tnef_name(a))[0] or "application/octet-stream",
                 data=bytes(a.data),
             )

@@ -1,12 +1,57 @@
 """Notifications: who hears of which event (SPEC §5), rendered into the outbox.
 
 `queue` is called inside the transaction that caused the events, so the outbound rows exist
-exactly when the change does (a transactional outbox).
+exactly when the change does (a transactional outbox). The sender (`mailgate.outbound`)
+delivers them later; when the transaction commits it is woken, if it runs in this process.
+
+    recipients.py     the rules of §5: who is told
+    compose.py        template variables and threading headers of one ticket mail
+    render.py         Jinja2 templates → a message whose headers no customer text can touch
+    notices.py        the once-a-day notice to unknown senders (§4.4)
+    outbox.py         the outbound row: VERP return path, thread, per-recipient rate limit
+    subscriptions.py  turning notifications on and off
+    tokens.py         the signed links for that
+    bounces.py        DSNs that mark a row bounced (§4.3)
 """
 
 from __future__ import annotations
 
+import sqlalchemy as sa
+from sqlmodel import Session
 
-def queue(session, app, events) -> list:
+from mailgate.models import Outbound, Ticket, utcnow
+from mailgate.notify import compose, notices, outbox
+from mailgate.notify.recipients import recipients
+
+
+def queue(session: Session, app, events) -> list[Outbound]:
     """Write the outbound messages EVENTS cause; returns them."""
-    return []
+    now = utcnow()
+    rows: list[Outbound] = []
+    for event in events:
+        if event.kind == "unknown_sender_notice":
+            rows += notices.queue(session, app, event, now)
+        else:
+            rows += _ticket_event(session, app, event, now)
+    if rows:
+        _wake_sender_after_commit(session, app)
+    return rows
+
+
+def _ticket_event(session: Session, app, event, now) -> list[Outbound]:
+    ticket = session.get(Ticket, event.ticket_id)
+    if ticket is None:
+        return []
+    mail = compose.EventMail(session, app, ticket, event)
+    rows = []
+    for recipient in recipients(session, ticket, event):
+        rendered = mail.render(recipient, now)
+        rows.append(outbox.add(session, app, ticket=ticket, event=event.kind,
+                               recipient=recipient.contact.email, rendered=rendered, now=now))
+    return rows
+
+
+def _wake_sender_after_commit(session: Session, app) -> None:
+    hook = app.on_outbound_queued
+    if hook is not None:
+        sa.event.listen(session, "after_commit", lambda _session: hook(), once=True)

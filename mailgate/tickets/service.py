@@ -128,3 +128,62 @@ def add_participant(session: Session, ticket: Ticket, contact: Contact) -> None:
     ).first()
     if existing is None:
         session.add(Subscription(ticket_id=ticket.id, contact_id=contact.id, notify=True, participant=True))
+
+
+# --- agent actions (SPEC §1, guide §3) -------------------------------------------------------
+
+
+class TicketError(ValueError):
+    """An action the ticket's rules do not allow; the message says why."""
+
+
+class TicketClosed(TicketError):
+    """Closed is final: nothing changes a closed ticket."""
+
+
+def agent_comment(session: Session, ticket: Ticket, agent: str, body: str, internal: bool, now: datetime):
+    _check_open(ticket)
+    if not body.strip():
+        raise TicketError("the comment is empty")
+    if not agent.strip():
+        raise TicketError("an agent name is needed")
+    return add_comment(session, ticket, body=body, now=now, agent=agent.strip(), internal=internal)
+
+
+def agent_set(
+    ticket: Ticket, now: datetime, *, status: str | None = None, type: str | None = None,
+    priority: str | None = None,
+) -> list[Event]:
+    """Change status, type and priority by the rules of the guide; returns the events."""
+    from mailgate.models import PRIORITIES, PRIORITISED_TYPES, STATUSES, TYPES
+
+    _check_open(ticket)
+    _check_choice("status", status, STATUSES)
+    _check_choice("type", type, TYPES)
+    _check_choice("priority", priority, PRIORITIES)
+    new_type = type or ticket.type
+    if priority and new_type not in PRIORITISED_TYPES:
+        raise TicketError(f"a priority belongs to incidents and defects, not to {new_type}")
+    events: list[Event] = []
+    if type and type != ticket.type:
+        events.append(Event("type_changed", ticket.id, old=ticket.type, new=type))
+        ticket.type = type
+        if type not in PRIORITISED_TYPES:
+            ticket.priority = None  # a request has no priority; it goes with the type
+    if priority and priority != ticket.priority:
+        events.append(Event("priority_changed", ticket.id, old=ticket.priority, new=priority))
+        ticket.priority = priority
+    if status:
+        events += set_status(ticket, status, now)
+    ticket.updated_at = now
+    return events
+
+
+def _check_open(ticket: Ticket) -> None:
+    if ticket.status == "closed":
+        raise TicketClosed(f"{ticket.key} is closed; closed is final (a reply opens a follow-up)")
+
+
+def _check_choice(name: str, value: str | None, choices) -> None:
+    if value is not None and value not in choices:
+        raise TicketError(f"unknown {name} {value!r}; one of: {', '.join(choices)}")

@@ -1,0 +1,429 @@
+"""The IMAP poller (SPEC §3.2): support mail fetched from mailboxes into the spool.
+
+One asyncio task per [[imap]] mailbox. imapclient is synchronous, so every mailbox owns one
+worker thread in which all its IMAP commands (and its spool writes) run; the event loop only
+orchestrates and never waits on the network. The order of work for a message is what makes it
+safe: fetch it (BODY.PEEK[], so nothing is marked read), store it durably in the spool, wake
+the processor, and only then move it to the processed folder (or flag it \\Deleted and
+expunge it). A crash in between fetches the message again, and the pipeline's Message-ID
+de-duplication (§4.1) makes that harmless.
+
+A mailbox waits for mail with IDLE where the server offers it (re-issued every 25 minutes,
+before servers drop it), else it polls. Messages are addressed by UID under the folder's
+UIDVALIDITY, never by sequence number. A lost connection is retried for ever with
+exponential backoff and jitter, logged once when it goes and once when it is back; a failed
+login is logged as such and retried slowly. One broken mailbox never stops the others.
+Logs name mailboxes, UIDs and counts — never subjects or bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import email.policy
+import email.utils
+import functools
+import logging
+import ssl
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from types import SimpleNamespace
+from typing import Callable
+
+import tenacity
+from imapclient import IMAPClient, SocketTimeout
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
+
+from mailgate.app import App
+from mailgate.config import ImapConfig
+from mailgate.models import utcnow
+from mailgate.spool import Envelope, SpoolError
+
+log = logging.getLogger("mailgate.imap")
+
+# imapclient logs the whole protocol at DEBUG — passwords and message bodies included.
+logging.getLogger("imapclient").setLevel(logging.WARNING)
+
+IDLE_RENEW_SECONDS = 25 * 60  # RFC 2177: servers may drop an IDLE after 30 minutes
+IDLE_CHECK_SECONDS = 1.0  # how soon an IDLE notices that the daemon is stopping
+LOGIN_RETRY_SECONDS = 300  # a wrong password does not fix itself; don't hammer the server
+TIMEOUT = SocketTimeout(connect=15, read=60)
+MOVE_BATCH = 25  # spooled messages moved per command
+_BACKOFF = tenacity.wait_exponential_jitter(initial=1, max=30, jitter=1)
+
+CONNECTED, DISCONNECTED, LOGIN_FAILED = "connected", "disconnected", "login failed"
+
+
+class LoginFailed(Exception):
+    """The server refused the credentials; retried slowly, not like an outage."""
+
+
+class ConnectionLost(Exception):
+    """The server went away while we were idling."""
+
+
+@dataclass
+class MailboxState:
+    """What /healthz reports about one mailbox."""
+
+    status: str = "starting"  # starting, connected, disconnected, login failed, stopped
+    mode: str = ""  # idle or poll, once connected
+    last_error: str | None = None
+    last_fetch_at: str | None = None
+    fetched: int = 0
+    failures: int = 0  # failed sessions in a row; reset once a session has synced the folder
+
+
+@dataclass
+class Session:
+    """One logged-in connection with the folder selected, and what the server can do."""
+
+    client: IMAPClient
+    idle: bool
+    move: bool
+    uidplus: bool
+
+
+class Poller:
+    """One mailbox: sessions one after another, for as long as the daemon runs."""
+
+    def __init__(self, app: App, box: ImapConfig, on_spooled: Callable[[], None]):
+        self.app = app
+        self.box = box
+        self.name = box.label
+        self.on_spooled = on_spooled
+        self.state = MailboxState()
+        self.recipient = box.username if "@" in box.username else app.config.tickets.support_addresses[0]
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"imap-{self.name}")
+        self._spooled: set[int] = set()  # UIDs already in the spool but not yet moved away
+        self._uidvalidity: int | None = None
+        self._down_since: float | None = None
+        self._sync_problem: str | None = None
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        try:
+            while not stopping.is_set():
+                pause = await self._session(stopping)
+                await _wait(stopping, pause)
+        finally:
+            self.state.status = "stopped"
+            self._thread.shutdown(wait=False)
+
+    async def _blocking(self, func, *args):
+        """Run FUNC in this mailbox's own thread: imapclient blocks, and is not thread-safe."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, functools.partial(func, *args))
+
+    # --- one connection ----------------------------------------------------------------
+
+    async def _session(self, stopping: asyncio.Event) -> float:
+        """Connect and serve until the daemon stops or the connection fails; returns the
+        pause before the next try."""
+        session = None
+        try:
+            session = await self._blocking(self._open)
+            self._up(session)
+            await self._serve(session, stopping)
+            return 0
+        except LoginFailed as e:
+            self._down(LOGIN_FAILED, e)
+            return LOGIN_RETRY_SECONDS
+        except Exception as e:  # whatever it was: this mailbox tries again, the others go on
+            self._down(DISCONNECTED, e)
+            return _backoff(self.state.failures)
+        finally:
+            if session is not None:  # LOGOUT only on a good connection; a dead one could hang it
+                await self._blocking(_close, session.client, self.state.status == CONNECTED)
+
+    def _open(self) -> Session:
+        box = self.box
+        context = _tls_context(box) if box.tls or box.starttls else None
+        client = IMAPClient(box.host, port=box.port, ssl=box.tls, ssl_context=context, timeout=TIMEOUT)
+        try:
+            if not box.tls and box.starttls and client.has_capability("STARTTLS"):
+                client.starttls(context)
+            _login(client, box)
+            self._select(client)
+            return Session(client, idle=box.idle and client.has_capability("IDLE"),
+                           move=client.has_capability("MOVE"), uidplus=client.has_capability("UIDPLUS"))
+        except BaseException:
+            _close(client, polite=False)
+            raise
+
+    def _select(self, client: IMAPClient) -> None:
+        processed = self.box.processed_folder
+        if processed and not client.folder_exists(processed):
+            client.create_folder(processed)
+            log.info("IMAP %s: created folder %s", self.name, processed)
+        uidvalidity = client.select_folder(self.box.folder).get(b"UIDVALIDITY")
+        if uidvalidity != self._uidvalidity:
+            # UIDs of another UIDVALIDITY name other messages: forget what we remembered.
+            if self._uidvalidity is not None:
+                log.warning("IMAP %s: UIDVALIDITY changed from %s to %s", self.name, self._uidvalidity, uidvalidity)
+            self._spooled.clear()
+            self._uidvalidity = uidvalidity
+
+    async def _serve(self, session: Session, stopping: asyncio.Event) -> None:
+        incomplete = 0
+        while not stopping.is_set():
+            if await self._sync(session, stopping):
+                incomplete = self.state.failures = 0
+                await self._wait_for_mail(session, stopping)
+            else:  # messages that could not be spooled or moved stay on the server: retry soon
+                incomplete += 1
+                await _wait(stopping, _backoff(incomplete))
+
+    async def _wait_for_mail(self, session: Session, stopping: asyncio.Event) -> None:
+        if session.idle:
+            await self._idle(session.client, stopping)
+        else:
+            await _wait(stopping, self.box.poll_seconds)
+
+    async def _idle(self, client: IMAPClient, stopping: asyncio.Event) -> None:
+        """IDLE until new mail arrives, the daemon stops, or it is time to renew the IDLE.
+        Short idle_checks keep the thread answerable to `stopping`."""
+        await self._blocking(client.idle)
+        renew_at = time.monotonic() + IDLE_RENEW_SECONDS
+        empty_at_once = 0
+        while not stopping.is_set() and time.monotonic() < renew_at:
+            started = time.monotonic()
+            responses = await self._blocking(client.idle_check, IDLE_CHECK_SECONDS)
+            if any(r[0] == b"BYE" for r in responses):
+                raise ConnectionLost("the server said BYE")
+            if any(len(r) > 1 and r[1] == b"EXISTS" for r in responses):
+                break
+            # imapclient's idle_check swallows EOF and returns nothing at once; one such return
+            # can be a TLS record without data, two in a row mean the server has gone.
+            quick = not responses and time.monotonic() - started < IDLE_CHECK_SECONDS / 2
+            empty_at_once = empty_at_once + 1 if quick else 0
+            if empty_at_once >= 2:
+                raise ConnectionLost("connection closed by the server")
+        await self._blocking(client.idle_done)
+
+    # --- the messages ------------------------------------------------------------------
+
+    async def _sync(self, session: Session, stopping: asyncio.Event) -> bool:
+        """Spool and move away every message waiting in the folder. False when some could not
+        be spooled or moved now: they stay on the server and are tried again."""
+        tried: set[int] = set()
+        try:
+            # Until a search finds nothing new: mail that arrived meanwhile was announced in the
+            # replies to our own commands (imaplib keeps those to itself), not to the next IDLE.
+            while uids := [uid for uid in await self._blocking(_waiting, session.client) if uid not in tried]:
+                if stopping.is_set():
+                    break
+                tried.update(uids)
+                await self._take(session, uids, stopping)
+        except SpoolError as e:
+            return self._sync_failed(f"the spool cannot take mail: {e.strerror}")
+        except IMAPClientAbortError:
+            raise  # the connection is gone: a new session
+        except IMAPClientError as e:  # the server refused a command (NO/BAD)
+            return self._sync_failed(f"the server refused: {_describe(e)}")
+        self._sync_done()
+        return True
+
+    async def _take(self, session: Session, uids: list[int], stopping: asyncio.Event) -> None:
+        """Spool UIDS one by one, moving them away in batches as they are spooled."""
+        ready = []  # spooled, to be moved away
+        for uid in uids:
+            if stopping.is_set():
+                break
+            if uid in self._spooled or await self._fetch_and_spool(session.client, uid):
+                ready.append(uid)
+            if len(ready) >= MOVE_BATCH:
+                await self._move_away(session, ready)
+                ready = []
+        await self._move_away(session, ready)
+
+    async def _fetch_and_spool(self, client: IMAPClient, uid: int) -> bool:
+        """False when the message vanished before we fetched it (another client expunged it)."""
+        spool_id = await self._blocking(self._fetch_and_spool_blocking, client, uid)
+        if spool_id is None:
+            return False
+        self._spooled.add(uid)
+        self.state.fetched += 1
+        self.state.last_fetch_at = utcnow().isoformat()
+        log.debug("IMAP %s: uid %d spooled as %s", self.name, uid, spool_id)
+        self.on_spooled()
+        return True
+
+    def _fetch_and_spool_blocking(self, client: IMAPClient, uid: int) -> str | None:
+        data = client.fetch([uid], ["BODY.PEEK[]"]).get(uid)
+        raw = data.get(b"BODY[]") if data else None
+        if raw is None:
+            return None
+        return self.app.spool.put(raw, Envelope(sender=_return_path(raw), recipients=[self.recipient], source="imap"))
+
+    async def _move_away(self, session: Session, uids: list[int]) -> None:
+        if not uids:
+            return
+        await self._blocking(_move_away, session, uids, self.box.processed_folder)
+        self._spooled.difference_update(uids)
+        log.info("IMAP %s: %d message(s) spooled and %s", self.name, len(uids),
+                 f"moved to {self.box.processed_folder}" if self.box.processed_folder else "expunged")
+
+    # --- state and the log: an outage is logged when it starts and when it ends ---------
+
+    def _up(self, session: Session) -> None:
+        was = self.state.status
+        self.state.status, self.state.mode = CONNECTED, "idle" if session.idle else "poll"
+        waiting = "waiting with IDLE" if session.idle else f"polling every {self.box.poll_seconds:g}s"
+        if was in (DISCONNECTED, LOGIN_FAILED):
+            log.warning("IMAP %s: connected again after %.0fs; %s", self.name, time.monotonic() - self._down_since, waiting)
+        else:
+            log.info("IMAP %s: connected to %s:%d, folder %s (UIDVALIDITY %s); %s",
+                     self.name, self.box.host, self.box.port, self.box.folder, self._uidvalidity, waiting)
+        self._down_since = None
+
+    def _down(self, status: str, error: Exception) -> None:
+        text = _describe(error)
+        was = self.state.status
+        self.state.status, self.state.last_error = status, text
+        self.state.failures += 1
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        if was == status:  # still the same outage: once is enough
+            log.debug("IMAP %s: still %s: %s", self.name, status, text)
+        elif status == LOGIN_FAILED:
+            log.error("IMAP %s: login failed for user %s at %s:%d: %s; retrying every %ds",
+                      self.name, self.box.username, self.box.host, self.box.port, text, LOGIN_RETRY_SECONDS)
+        elif was == CONNECTED:
+            log.error("IMAP %s: connection lost: %s; reconnecting in the background", self.name, text)
+        else:
+            log.error("IMAP %s: cannot connect to %s:%d: %s; retrying in the background",
+                      self.name, self.box.host, self.box.port, text)
+
+    def _sync_failed(self, problem: str) -> bool:
+        self.state.last_error = problem
+        if problem != self._sync_problem:
+            log.error("IMAP %s: %s; the messages stay on the server and are tried again", self.name, problem)
+            self._sync_problem = problem
+        return False
+
+    def _sync_done(self) -> None:
+        if self._sync_problem is not None:
+            log.warning("IMAP %s: messages are taken again", self.name)
+            self._sync_problem = None
+
+
+class Pollers:
+    """The daemon's mailboxes: one Poller each, run as tasks; their states for /healthz."""
+
+    def __init__(self, app: App, on_spooled: Callable[[], None]):
+        self.pollers = [Poller(app, box, on_spooled) for box in app.config.imap]
+        self.tasks: list[asyncio.Task] = []
+
+    def start(self, stopping: asyncio.Event) -> None:
+        self.tasks = [asyncio.create_task(p.run(stopping), name=f"imap {p.name}") for p in self.pollers]
+
+    async def stop(self, timeout: float) -> None:
+        """Wait for the pollers to notice `stopping`; cancel what hangs on the network."""
+        if not self.tasks:
+            return
+        _, pending = await asyncio.wait(self.tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if pending:
+            log.warning("IMAP: %d mailbox(es) did not stop within %ds; cancelled", len(pending), timeout)
+
+    def report(self) -> dict[str, dict]:
+        return {p.name: asdict(p.state) for p in self.pollers}
+
+
+# --- blocking helpers (run in a mailbox's thread) ---------------------------------------
+
+
+def _tls_context(box: ImapConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=box.ca_file or None)
+    if not box.verify_certificate:  # only when the operator said so, explicitly
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _login(client: IMAPClient, box: ImapConfig) -> None:
+    try:
+        client.login(box.username, box.password)
+    except LoginError as e:
+        if "UNAVAILABLE" in str(e):  # RFC 5530: the server's own trouble, retried like an outage
+            raise
+        raise LoginFailed(str(e)) from None
+
+
+def _waiting(client: IMAPClient) -> list[int]:
+    """UIDs of the messages in the selected folder, oldest first. Messages flagged \\Deleted
+    are on their way out (ours after a crash before the expunge, or a person's)."""
+    # imaplib keeps every untagged reply it is not asked about (EXISTS, EXPUNGE, COPYUID, …)
+    # for the life of the connection; between commands nothing needs them.
+    client._imap.untagged_responses.clear()
+    client.noop()  # lets the server tell about mail that arrived since the last command
+    return sorted(client.search(["NOT", "DELETED"]))
+
+
+def _move_away(session: Session, uids: list[int], folder: str) -> None:
+    """Into FOLDER (MOVE, else COPY + \\Deleted + expunge); with no folder, flag and expunge."""
+    client = session.client
+    if folder and session.move:
+        client.move(uids, folder)
+        return
+    if folder:
+        client.copy(uids, folder)
+        client.add_flags(uids, [b"\\Deleted"], silent=True)
+    else:
+        client.add_flags(uids, [b"\\Seen", b"\\Deleted"], silent=True)
+    if session.uidplus:
+        client.uid_expunge(uids)
+    else:
+        client.expunge()  # without UIDPLUS only all \Deleted messages can go at once
+
+
+def _close(client: IMAPClient, polite: bool) -> None:
+    try:
+        if polite:
+            client.logout()
+            return
+    except Exception:
+        pass
+    try:
+        client.shutdown()
+    except Exception:
+        pass  # the connection is gone already
+
+
+def _return_path(raw: bytes) -> str | None:
+    """The envelope sender as the delivering server recorded it; "" for <>, None if absent."""
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    value = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head).get("Return-Path")
+    return None if value is None else email.utils.parseaddr(str(value))[1]
+
+
+# --- small things ---------------------------------------------------------------------
+
+
+def _backoff(failures: int) -> float:
+    """Seconds before try number FAILURES+1: exponential with jitter, capped at 30 s.
+    (tenacity's wait strategies read nothing but the attempt number.)"""
+    return _BACKOFF(SimpleNamespace(attempt_number=max(failures, 1)))
+
+
+def _describe(error: BaseException) -> str:
+    """One line for the log and /healthz: the error's type (unless it is one of ours, which say
+    it all) and its first line, without the b'' imaplib wraps server replies in."""
+    lines = str(error).strip().splitlines()
+    text = lines[0][:300] if lines else ""
+    if text.startswith(("b'", 'b"')) and text[-1:] == text[1]:
+        text = text[2:-1]
+    if isinstance(error, (LoginFailed, ConnectionLost)):
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+async def _wait(stopping: asyncio.Event, seconds: float) -> None:
+    """Sleep for SECONDS, or less when the daemon stops meanwhile."""
+    if seconds > 0:
+        try:
+            await asyncio.wait_for(stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass

@@ -1,0 +1,182 @@
+"""Notification mail from Jinja2 templates (SPEC §5): text and HTML, English and German.
+
+Templates live in the repository's `templates/<language>/<event>.txt|.html`; an operator's
+`[outbound] templates_dir` holding files of the same names overrides them one by one. HTML is
+autoescaped, so customer text (a summary, a comment) is shown, never interpreted.
+
+Headers are built here, not in templates, and every value that goes into one passes
+`header_text` (CR, LF, NUL and other control characters folded to spaces): no text from a
+customer can add or alter a header. The message is an `EmailMessage` under `policy.SMTP`,
+which would refuse a line break in a header value anyway.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from pathlib import Path
+
+import jinja2
+
+import mailgate
+from mailgate.config import Config
+from mailgate.models import STATUSES, STATUSES_DE, TYPES, TYPES_DE
+
+log = logging.getLogger("mailgate.notify")
+
+DEFAULT_TEMPLATES = Path(mailgate.__file__).resolve().parent.parent / "templates"
+FALLBACK_LANGUAGE = "en"
+NOTICE_LANGUAGES = ("en", "de")  # the unknown sender's language is unknown: both, in one mail
+NOTICE_SUBJECT = "Your message to the service desk / Ihre Nachricht an den Service Desk"
+
+_NAMES = {
+    "en": {"status": STATUSES, "type": TYPES},
+    "de": {"status": STATUSES_DE, "type": TYPES_DE},
+}
+_OUTPUT = email.policy.SMTP.clone(refold_source="none")  # CRLF; headers we built fold themselves
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+_MESSAGE_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,250}>$")  # printable ASCII, no < > or space
+
+
+@dataclass
+class Headers:
+    """What a mail's headers say beyond the fixed ones; plain values, sanitised on use."""
+
+    subject: str
+    to_address: str
+    to_name: str = ""
+    message_id: str = ""
+    in_reply_to: str | None = None
+    references: list[str] = field(default_factory=list)
+    unsubscribe_url: str | None = None
+
+
+@dataclass
+class Rendered:
+    subject: str
+    message_id: str
+    message: bytes
+
+
+class Renderer:
+    """The compiled templates (one Environment, cached) and the mail they make."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.reload()
+
+    def reload(self) -> None:
+        """Forget compiled templates, e.g. after an operator edited the override directory."""
+        override = self.config.outbound.templates_dir
+        self._env = _environment([Path(override)] if override else [])
+        self._defaults = _environment([])
+
+    # --- mail ----------------------------------------------------------------------------
+
+    def language(self, wanted: str | None) -> str:
+        """WANTED when mailgate speaks it (templates and display names), else English."""
+        return wanted if wanted in _NAMES else FALLBACK_LANGUAGE
+
+    def mail(self, template: str, languages: tuple[str, ...], context: dict, headers: Headers, now: datetime) -> Rendered:
+        """Render TEMPLATE (an event name) in LANGUAGES, one after another, into a message."""
+        text = "\n\n-----\n\n".join(self._render(f"{lang}/{template}.txt", lang, context) for lang in languages)
+        html = "\n<hr>\n".join(self._render(f"{lang}/{template}.html", lang, context) for lang in languages)
+        msg = self._message(headers, now)
+        msg.set_content(text)
+        msg.add_alternative(_html_document(html, languages[0]), subtype="html")
+        msg["Content-Language"] = ", ".join(languages)  # after the body: set_content clears Content-*
+        return Rendered(header_text(headers.subject), headers.message_id, msg.as_bytes(policy=_OUTPUT))
+
+    def page(self, name: str, language: str, context: dict) -> str:
+        """An HTML page of the notification links (autoescaped like the mail)."""
+        return self._render(f"{language}/{name}.html", language, context)
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _render(self, name: str, language: str, context: dict) -> str:
+        context = {**context, "lang": language}
+        try:
+            return self._env.get_template(name).render(context)
+        except jinja2.TemplateError as e:
+            if not self.config.outbound.templates_dir:
+                raise
+            # A broken override must not stop tickets from being created: say so, use ours.
+            log.error("template %s from %s failed (%s); using the built-in one",
+                      name, self.config.outbound.templates_dir, e)
+            return self._defaults.get_template(name).render(context)
+
+    def _message(self, headers: Headers, now: datetime) -> EmailMessage:
+        cfg = self.config
+        msg = EmailMessage(policy=email.policy.SMTP)
+        msg["From"] = Address(display_name=header_text(cfg.outbound.from_name), addr_spec=cfg.from_address)
+        msg["To"] = Address(display_name=header_text(headers.to_name), addr_spec=headers.to_address)
+        msg["Subject"] = header_text(headers.subject)
+        msg["Date"] = email.utils.format_datetime(now)
+        msg["Message-ID"] = headers.message_id
+        references = [r for r in dict.fromkeys(headers.references) if is_safe_message_id(r)]
+        if headers.in_reply_to and is_safe_message_id(headers.in_reply_to):
+            msg["In-Reply-To"] = headers.in_reply_to
+        if references:
+            msg["References"] = " ".join(references)
+        msg["Auto-Submitted"] = "auto-generated"
+        msg["X-Auto-Response-Suppress"] = "All"
+        if headers.unsubscribe_url and headers.unsubscribe_url.isascii():
+            # Raw, so a long URL stays one literal <URL> (folding would RFC 2047-encode it,
+            # which no mail client reads as a link); `_OUTPUT` leaves raw headers as they are.
+            msg.set_raw("List-Unsubscribe", f"<{header_text(headers.unsubscribe_url, 900)}>")
+            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        return msg
+
+
+def header_text(value: str | None, limit: int = 400) -> str:
+    """VALUE as one line of header text: control characters (CR, LF, NUL, …) become spaces."""
+    return " ".join(_UNSAFE.sub(" ", value or "").split())[:limit]
+
+
+def is_safe_message_id(value: str) -> bool:
+    """Only well-formed, printable Message-IDs are copied into In-Reply-To/References."""
+    return bool(_MESSAGE_ID.match(value or ""))
+
+
+def is_mailable_address(address: str | None) -> bool:
+    """An address we may put into To and RCPT TO (a customer-supplied From might be anything)."""
+    if not address or len(address) > 254 or not address.isascii() or _UNSAFE.search(address):
+        return False
+    try:
+        parsed = Address(addr_spec=address)
+    except Exception:  # the email package raises several kinds for a bad addr-spec
+        return False
+    return parsed.addr_spec == address and "." in parsed.domain
+
+
+def _environment(overrides: list[Path]) -> jinja2.Environment:
+    loader = jinja2.ChoiceLoader([*(jinja2.FileSystemLoader(str(p)) for p in overrides),
+                                  jinja2.FileSystemLoader(str(DEFAULT_TEMPLATES))])
+    env = jinja2.Environment(
+        loader=loader,
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+    )
+    env.filters["status_name"] = _display("status")
+    env.filters["type_name"] = _display("type")
+    return env
+
+
+def _display(kind: str):
+    @jinja2.pass_context
+    def name(context, slug: str | None) -> str:
+        names = _NAMES.get(context.get("lang"), _NAMES[FALLBACK_LANGUAGE])[kind]
+        return names.get(slug or "", slug or "")
+
+    return name
+
+
+def _html_document(body: str, language: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="{language}">\n<head><meta charset="utf-8"></head>\n'
+            f'<body style="font-family: sans-serif; line-height: 1.4">\n{body}\n</body>\n</html>\n')

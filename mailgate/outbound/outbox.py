@@ -1,0 +1,178 @@
+"""The outbox table as the sender sees it: claim a due row, record what became of it.
+
+Claiming gives a row a lease (claimed_until) and an owner token (claimed_by) in one short
+transaction. On PostgreSQL the row is picked with FOR UPDATE SKIP LOCKED, so senders of
+several instances claiming at the same moment take different rows instead of waiting on each
+other; on SQLite the transaction holds the database's write lock (BEGIN IMMEDIATE, see
+mailgate.db), which serialises claims. A result is recorded only while the lease is still
+the claimer's own; a sender that died leaves a lease that expires, and the row is due again.
+
+All functions block; the sender calls them through `run_blocking`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+import tenacity
+from sqlmodel import func, or_, select
+
+from mailgate.config import OutboundConfig
+from mailgate.db import Database
+from mailgate.models import Outbound, aware
+
+# A claim lasts for this many relay commands' worth of timeouts (connect, EHLO, STARTTLS,
+# AUTH, MAIL, RCPT, DATA, the end of data): a lease shorter than one slow delivery would let
+# a second sender send the message again.
+LEASE_TIMEOUTS = 8
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    recipient: str
+    envelope_sender: str
+    message: bytes
+    attempts: int
+    created_at: datetime
+    owner: str
+
+
+def owner_token() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def lease_seconds(cfg: OutboundConfig) -> float:
+    return cfg.timeout_seconds * LEASE_TIMEOUTS + 30
+
+
+def claim_next(db: Database, now: datetime, lease: float, fallback_sender: str) -> Claimed | None:
+    """Lease the most overdue row that nobody holds; None when nothing is due."""
+    query = (
+        select(Outbound)
+        .where(Outbound.status == "queued", Outbound.next_attempt_at <= now,
+               or_(Outbound.claimed_until.is_(None), Outbound.claimed_until < now))
+        .order_by(Outbound.next_attempt_at, Outbound.id).limit(1)
+    )
+    if not db.is_sqlite:
+        query = query.with_for_update(skip_locked=True)
+    with db.session() as session:
+        row = session.exec(query).first()
+        if row is None:
+            return None
+        row.claimed_until, row.claimed_by = now + timedelta(seconds=lease), owner_token()
+        session.add(row)
+        return Claimed(row.id, row.recipient, row.envelope_sender or fallback_sender, row.message,
+                       row.attempts, aware(row.created_at), row.claimed_by)
+
+
+def mark_sent(db: Database, claim: Claimed, now: datetime) -> bool:
+    return _finish(db, claim, status="sent", sent_at=now, last_error=None, attempts=claim.attempts + 1)
+
+
+def mark_failed(db: Database, claim: Claimed, error: str) -> bool:
+    return _finish(db, claim, status="failed", last_error=error, attempts=claim.attempts + 1)
+
+
+def defer(db: Database, claim: Claimed, error: str, next_attempt_at: datetime) -> bool:
+    return _finish(db, claim, last_error=error, next_attempt_at=next_attempt_at, attempts=claim.attempts + 1)
+
+
+def release(db: Database, claim: Claimed) -> bool:
+    """Give a row back untried (shutdown in the middle of a delivery)."""
+    return _finish(db, claim)
+
+
+def _finish(db: Database, claim: Claimed, **values) -> bool:
+    """Record a result, only while CLAIM's lease is still ours; False when it was lost."""
+    with db.session() as session:
+        result = session.execute(
+            sa.update(Outbound)
+            .where(Outbound.id == claim.id, Outbound.claimed_by == claim.owner, Outbound.status == "queued")
+            .values(claimed_until=None, claimed_by=None, **values)
+        )
+        return result.rowcount == 1
+
+
+def release_dead_claims(db: Database, now: datetime) -> int:
+    """Give back at once the leases of senders on this host whose process is gone (a crash),
+    instead of waiting for them to run out; a live process's lease is left alone."""
+    host = socket.gethostname()
+    with db.session() as session:
+        held = session.exec(
+            select(Outbound).where(Outbound.status == "queued", Outbound.claimed_until >= now,
+                                   Outbound.claimed_by.like(f"{host}:%"))
+        ).all()
+        dead = [row for row in held if _owner_is_dead(row.claimed_by, host)]
+        for row in dead:
+            row.claimed_until = row.claimed_by = None
+            session.add(row)
+        return len(dead)
+
+
+def _owner_is_dead(owner: str, host: str) -> bool:
+    """Whether OWNER (an owner_token) names a process of HOST that no longer runs."""
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, under another user
+        return False
+    return False
+
+
+def expire(db: Database, now: datetime, max_age_hours: float) -> int:
+    """Fail queued rows older than the maximum age that no sender holds (SPEC §7)."""
+    cutoff = now - timedelta(hours=max_age_hours)
+    with db.session() as session:
+        rows = session.exec(
+            select(Outbound).where(Outbound.status == "queued", Outbound.created_at < cutoff,
+                                   or_(Outbound.claimed_until.is_(None), Outbound.claimed_until < now))
+        ).all()
+        for row in rows:
+            row.status = "failed"
+            row.last_error = f"not delivered within {max_age_hours:g} h" + (f": {row.last_error}" if row.last_error else "")
+            row.claimed_until = row.claimed_by = None
+            session.add(row)
+        return len(rows)
+
+
+def next_due(db: Database, now: datetime) -> datetime | None:
+    """When a queued row can next be claimed: its next attempt, or, for a row another sender
+    holds (or a crashed one left), the end of that lease. Waiting on a held row's
+    next_attempt_at instead would make the sender spin until the lease runs out."""
+    queued = Outbound.status == "queued"
+    free = or_(Outbound.claimed_until.is_(None), Outbound.claimed_until < now)
+    with db.session() as session:
+        unheld = session.exec(select(func.min(Outbound.next_attempt_at)).where(queued, free)).one()
+        held = session.exec(select(func.min(Outbound.claimed_until)).where(queued, ~free)).one()
+    times = [aware(t) for t in (unheld, held) if t is not None]
+    return min(times) if times else None
+
+
+def retry_at(claim: Claimed, cfg: OutboundConfig, now: datetime) -> datetime | None:
+    """When to try CLAIM again after its failed attempt: exponential backoff with jitter, never
+    past the maximum age; None when that age is reached (the row is failed instead)."""
+    deadline = claim.created_at + timedelta(hours=cfg.max_age_hours)
+    if now >= deadline:
+        return None
+    return min(now + timedelta(seconds=backoff(claim.attempts + 1, cfg)), deadline)
+
+
+def backoff(attempt: int, cfg: OutboundConfig) -> float:
+    """Seconds to wait after failed attempt number ATTEMPT (1, 2, …)."""
+    wait = tenacity.wait_exponential_jitter(
+        multiplier=cfg.retry_initial_seconds, max=cfg.retry_max_seconds, jitter=cfg.retry_initial_seconds / 2,
+    )
+    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
+    state.attempt_number = max(attempt, 1)
+    return wait(state)
+

@@ -1,0 +1,211 @@
+"""The sender: empties the outbox (SPEC §7) inside `serve`, and once for `outbox flush`.
+
+A pass fails rows past the maximum age, then claims one due row at a time and hands it to
+the transport — the relay, or the outbox Maildir when no relay is configured:
+    delivered              → sent
+    PermanentFailure (5xx) → failed, the reply kept in last_error
+    TemporaryFailure (4xx) → queued again with backoff and jitter, failed after max_age_hours
+    Outage                 → the same for this row; the pass ends, the outage is logged once
+Between passes the sender sleeps until woken (a transaction queued mail), until the next
+row falls due, or for `outbound.poll_seconds` — during an outage for the backoff instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from mailgate.app import App
+from mailgate.db import run_blocking
+from mailgate.models import utcnow
+from mailgate.outbound import outbox
+from mailgate.outbound.errors import Outage, PermanentFailure, TemporaryFailure
+from mailgate.outbound.maildir import MaildirTransport
+from mailgate.outbound.relay import Relay
+
+log = logging.getLogger("mailgate.outbound")
+
+MIN_PAUSE_SECONDS = 0.05
+
+
+@dataclass
+class Report:
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    expired: int = 0
+    outage: str | None = None
+
+
+class Sender:
+    def __init__(self, app: App):
+        self.app = app
+        self.cfg = app.config.outbound
+        self.db = app.db
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._outage_since: float | None = None
+        self._outages = 0  # consecutive passes that ended in an outage
+        self._trouble = False  # a pass failed (database away); logged once
+
+    # --- entry points ------------------------------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Send due mail until STOPPING is set; the message in hand is finished first."""
+        self._loop = asyncio.get_running_loop()
+        await self._take_back_dead_claims()
+        while not stopping.is_set():
+            self._wake.clear()
+            try:
+                await self._pass(stopping)
+                self._trouble_over()
+            except Exception as e:  # the database is away, or a bug: never end the loop
+                self._log_trouble(e)
+            await self._pause(stopping)
+
+    async def flush(self) -> Report:
+        """One pass: send what is due now, then return (`mailgate outbox flush`)."""
+        await self._take_back_dead_claims()
+        return await self._pass(asyncio.Event())
+
+    def wake_threadsafe(self) -> None:
+        """Wake the sender from any thread (the processor's, after a commit)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def _take_back_dead_claims(self) -> None:
+        try:
+            count = await run_blocking(outbox.release_dead_claims, self.db, utcnow())
+        except sa.exc.SQLAlchemyError as e:  # the database is away: leases run out by themselves
+            self._log_trouble(e)
+            return
+        if count:
+            log.warning("took back %d message(s) a crashed sender on this host had claimed", count)
+
+    # --- one pass ----------------------------------------------------------------------
+
+    async def _pass(self, stopping: asyncio.Event) -> Report:
+        report = Report()
+        report.expired = await run_blocking(outbox.expire, self.db, utcnow(), self.cfg.max_age_hours)
+        transport = self._transport()
+        try:
+            while not stopping.is_set():
+                claim = await run_blocking(
+                    outbox.claim_next, self.db, utcnow(), outbox.lease_seconds(self.cfg), self.app.config.from_address,
+                )
+                if claim is None:
+                    break
+                if not await self._deliver(transport, claim, report):
+                    break
+        finally:
+            await transport.close()
+        return report
+
+    async def _deliver(self, transport, claim: outbox.Claimed, report: Report) -> bool:
+        """Deliver one claimed row and record the result; False when the pass should end."""
+        started = time.monotonic()
+        try:
+            await transport.send(claim.id, claim.envelope_sender, claim.recipient, claim.message)
+        except asyncio.CancelledError:
+            await run_blocking(outbox.release, self.db, claim)  # shutdown: let the next run have it
+            raise
+        except PermanentFailure as e:
+            await self._record(outbox.mark_failed, claim, str(e))
+            report.failed += 1
+            self._log(claim, "failed", started, e)
+            return True
+        except TemporaryFailure as e:
+            status = await self._retry_later(claim, e)
+            report.deferred += status == "deferred"
+            report.failed += status == "failed"
+            self._log(claim, status, started, e)
+            if isinstance(e, Outage):
+                self._outage_started(transport, e)
+                report.outage = str(e)
+                return False
+            return True
+        await self._record(outbox.mark_sent, claim, utcnow())
+        report.sent += 1
+        self._log(claim, "sent", started)
+        self._outage_over(transport)
+        return True
+
+    async def _retry_later(self, claim: outbox.Claimed, error: TemporaryFailure) -> str:
+        when = outbox.retry_at(claim, self.cfg, utcnow())
+        if when is None:
+            await self._record(outbox.mark_failed, claim, f"not delivered within {self.cfg.max_age_hours:g} h: {error}")
+            return "failed"
+        await self._record(outbox.defer, claim, str(error), when)
+        return "deferred"
+
+    async def _record(self, mark, claim: outbox.Claimed, *args) -> None:
+        if not await run_blocking(mark, self.db, claim, *args):
+            log.warning("outbound id=%d: lease lost before the result was recorded (another sender took it)", claim.id)
+
+    def _transport(self):
+        if self.cfg.relay_host:
+            return Relay(self.cfg)
+        return MaildirTransport(self.app.config.state_dir / "outbox")
+
+    # --- waiting -----------------------------------------------------------------------
+
+    async def _pause(self, stopping: asyncio.Event) -> None:
+        if self._outage_since is not None:  # woken or not, the relay needs its rest
+            await _wait_any([stopping], outbox.backoff(self._outages, self.cfg))
+            return
+        await _wait_any([stopping, self._wake], await self._until_due())
+
+    async def _until_due(self) -> float:
+        try:
+            due = await run_blocking(outbox.next_due, self.db, utcnow())
+        except sa.exc.SQLAlchemyError:
+            return self.cfg.poll_seconds
+        if due is None:
+            return self.cfg.poll_seconds
+        # The floor keeps a row that another instance claims first from making us spin.
+        return min(max((due - utcnow()).total_seconds(), MIN_PAUSE_SECONDS), self.cfg.poll_seconds)
+
+    # --- logging: one line per message, an outage once ---------------------------------
+
+    def _log(self, claim: outbox.Claimed, status: str, started: float, error: Exception | None = None) -> None:
+        quiet = isinstance(error, Outage) and self._outage_since is not None
+        log.log(logging.DEBUG if quiet else logging.INFO, "outbound id=%d to=%s status=%s ms=%.0f%s",
+                claim.id, claim.recipient, status, (time.monotonic() - started) * 1000,
+                f" error={error}" if error else "")
+
+    def _outage_started(self, transport, error: Outage) -> None:
+        self._outages += 1
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            log.error("%s unavailable: %s; mail stays queued and is retried", transport.name, error)
+
+    def _outage_over(self, transport) -> None:
+        if self._outage_since is not None:
+            log.warning("%s reachable again after %.0fs; sending resumed", transport.name,
+                        time.monotonic() - self._outage_since)
+        self._outage_since, self._outages = None, 0
+
+    def _log_trouble(self, error: Exception) -> None:
+        if not isinstance(error, sa.exc.OperationalError):
+            log.exception("sender pass failed; trying again")  # a bug: every time, with its traceback
+        elif not self._trouble:
+            log.error("outbox unreachable (database): %s; retrying", str(error).splitlines()[0])
+        self._trouble = True
+
+    def _trouble_over(self) -> None:
+        if self._trouble:
+            log.warning("outbox reachable again; sending resumed")
+        self._trouble = False
+
+
+async def _wait_any(events: list[asyncio.Event], timeout: float) -> None:
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
