@@ -247,7 +247,7 @@ def _stop_py_spy(proc) -> None:
 
 def run_one(kind: str, args, directory: Directory) -> dict:
     with common.temp_dir(f"ingest-{kind}", keep=args.keep) as workdir, common.database(kind, workdir, "ingest", args.keep) as url:
-        config = common.write_config(workdir, url, log_level=args.log_level)
+        config = common.write_config(workdir, url, log_level=args.log_level, extra=_overrides(args.set))
         csv = workdir / "contacts.csv"
         csv.write_text(directory.csv())
         common.cli(config, "contact", "import", str(csv))
@@ -264,7 +264,7 @@ def run_one(kind: str, args, directory: Directory) -> dict:
         log(f"{kind}: mailgate accepted {mg['accepted_rate']:.0f}/s, end-to-end "
             f"{(mg['end_to_end_rate'] or 0):.1f}/s, peak RSS {mg['peak_rss_mb']} MB")
         return {
-            "db": kind, "messages": len(mails), "connections": args.connections,
+            "db": kind, "messages": len(mails), "connections": args.connections, "config_overrides": args.set or [],
             "mix": {"new": sum(m.kind == "new" for m in mails), "reply_key": sum(m.kind == "reply_key" for m in mails),
                     "reply_thread": sum(m.kind == "reply_thread" for m in mails),
                     "with_attachment": sum(m.attachment for m in mails),
@@ -275,6 +275,20 @@ def run_one(kind: str, args, directory: Directory) -> dict:
             "ratio_accepted": mg["accepted_rate"] / sink["accepted_rate"] if sink["accepted_rate"] else None,
             "ratio_end_to_end": (mg["end_to_end_rate"] or 0) / sink["accepted_rate"] if sink["accepted_rate"] else None,
         }
+
+
+def _overrides(items: list[str]) -> dict:
+    """--set section.key=value (value as TOML: 2, true, "text") into config sections."""
+    import tomllib
+
+    extra: dict = {}
+    for item in items or []:
+        name, _, value = item.partition("=")
+        section, _, key = name.partition(".")
+        if not (section and key and _):
+            raise SystemExit(f"--set {item!r}: expected section.key=value")
+        extra.setdefault(section, {})[key] = tomllib.loads(f"v = {value}")["v"]
+    return extra
 
 
 def report(results: list[dict], machine: dict) -> None:
@@ -321,7 +335,9 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=1800, help="seconds for each phase at most")
     p.add_argument("--log-level", default="WARNING", help="mailgate's [logging] level during the run")
     p.add_argument("--py-spy", metavar="OUT", help="profile serve with py-spy into OUT ({db} is replaced; .svg/.json/.txt)")
-    p.add_argument("--keep", action="store_true", help="keep the temp dirs")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help='a config override for mailgate, e.g. --set processing.workers=1 (repeatable)')
+    p.add_argument("--keep", action="store_true", help="keep the temp dirs and databases")
     args = p.parse_args(argv)
     common.install_signal_handlers()
     machine = common.machine()

@@ -43,6 +43,16 @@ class App:
 
         return Renderer(self.config)
 
+    @cached_property
+    def metrics(self):
+        from mailgate.metrics import Metrics
+
+        return Metrics(self)
+
+    def reload_templates(self) -> None:
+        """Recompile the templates with the current config (SIGHUP)."""
+        self.__dict__.pop("renderer", None)
+
     def prepare(self) -> "App":
         """Create the state directories and bring the schema up to date."""
         self.config.state_dir.mkdir(parents=True, exist_ok=True)

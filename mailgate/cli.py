@@ -96,15 +96,8 @@ def cmd_contact_import(app: App, args) -> int:
 def cmd_ticket_list(app: App, args) -> int:
     from mailgate.models import Ticket
 
-    with _session(app) as s:
-        names = views.Names(s)
-        rows = [views.ticket_summary(t, names) for t in s.exec(select(Ticket).order_by(Ticket.id))]
-    if args.json:
-        _print_json(rows)
-    else:
-        for r in rows:
-            print(f"{r['key']:<10} {r['status']:<14} {r['type']:<20} {r['creator']:<30} {r['summary']}")
-    return 0
+    return _listing(app, args, Ticket, views.ticket_summary,
+                    lambda r: f"{r['key']:<10} {r['status']:<14} {r['type']:<20} {r['creator']:<30} {r['summary']}")
 
 
 def cmd_ticket_show(app: App, args) -> int:
@@ -175,17 +168,9 @@ def _rules(action, *args, **kwargs):
 def cmd_inbox_list(app: App, args) -> int:
     from mailgate.models import Inbound
 
-    with _session(app) as s:
-        names = views.Names(s)
-        rows = [views.inbound(i, names) for i in s.exec(select(Inbound).order_by(Inbound.id))]
-    if args.json:
-        _print_json(rows)
-    else:
-        for r in rows:
-            error = f"  ({r['error']})" if r["error"] else ""
-            print(f"{r['id']:>6} {r['received_at'][:19]} {r['outcome']:<24} {r['ticket'] or '-':<10} "
-                  f"{r['sender'] or '-'}{error}")
-    return 0
+    return _listing(app, args, Inbound, views.inbound, lambda r: (
+        f"{r['id']:>6} {r['received_at'][:19]} {r['outcome']:<24} {r['ticket'] or '-':<10} "
+        f"{r['sender'] or '-'}{_note(r['error'])}"))
 
 
 def cmd_inbox_reprocess(app: App, args) -> int:
@@ -218,17 +203,9 @@ def cmd_notify(app: App, args) -> int:
 def cmd_outbox_list(app: App, args) -> int:
     from mailgate.models import Outbound
 
-    with _session(app) as s:
-        names = views.Names(s)
-        rows = [views.outbound(o, names) for o in s.exec(select(Outbound).order_by(Outbound.id))]
-    if args.json:
-        _print_json(rows)
-    else:
-        for r in rows:
-            error = f"  ({r['last_error']})" if r["last_error"] else ""
-            print(f"{r['id']:>6} {r['status']:<8} {r['attempts']:>2} {r['ticket'] or '-':<10} {r['event']:<22} "
-                  f"{r['to']}{error}")
-    return 0
+    return _listing(app, args, Outbound, views.outbound, lambda r: (
+        f"{r['id']:>6} {r['status']:<8} {r['attempts']:>2} {r['ticket'] or '-':<10} {r['event']:<22} "
+        f"{r['to']}{_note(r['last_error'])}"))
 
 
 def cmd_outbox_flush(app: App, args) -> int:
@@ -281,6 +258,23 @@ class _session:
         if isinstance(exc, directory.DirectoryError):
             raise CliError(str(exc)) from None
         return suppress
+
+
+def _listing(app: App, args, model, view, line) -> int:
+    """All rows of MODEL in order, as JSON (--json) or one line each."""
+    with _session(app) as s:
+        names = views.Names(s)
+        rows = [view(row, names) for row in s.exec(select(model).order_by(model.id))]
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            print(line(r))
+    return 0
+
+
+def _note(error: str | None) -> str:
+    return f"  ({error})" if error else ""
 
 
 def _ticket(session, key: str):

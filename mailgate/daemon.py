@@ -1,28 +1,36 @@
-"""`mailgate serve`: the listeners, the processor and the workers on one event loop.
+"""`mailgate serve`: the listeners, the processor, the sender, the mailboxes and the timers on
+one event loop.
 
-Startup prepares the state directory and schema, binds the listeners, then says what it
-listens on. SIGTERM and SIGINT stop accepting, let the processor finish the message in hand
-and return 0.
+Startup prepares the state directory and schema, binds the listeners, says what it listens
+on, and tells systemd READY=1 (then pings its watchdog from the loop, so a blocked loop is
+noticed). SIGTERM or SIGINT: STOPPING=1, new connections get 421, the message being handed
+over is finished, the processor and the sender finish what they hold, exit 0 — all within
+bounds. SIGHUP: reload the config file (what can change without a restart) and the templates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
-import sys
 
+from mailgate import config as config_module, sdnotify
+from mailgate.aio import wait_any
 from mailgate.app import App
+from mailgate.db import run_blocking
 from mailgate.http import server as http_server
-from mailgate.ingest import smtp
-from mailgate.ingest import imap
+from mailgate.ingest import imap, smtp
 from mailgate.outbound.sender import Sender
 from mailgate.processor import Processor
 
 log = logging.getLogger("mailgate.daemon")
 
+SMTP_GRACE_SECONDS = 10  # a message being handed over when SIGTERM comes is finished within this
 SHUTDOWN_GRACE_SECONDS = 20
 IMAP_STOP_SECONDS = 10  # an IDLE notices `stopping` within a second; a fetch may take longer
+# Sections that take effect only at start: they name sockets, files and the database.
+RESTART_ONLY = ("database", "storage", "smtp", "http", "imap", "security")
 
 
 class Daemon:
@@ -33,35 +41,54 @@ class Daemon:
         self.sender = Sender(app)
         app.on_outbound_queued = self.sender.wake_threadsafe  # mail queued → sent now, not at the next poll
         self.mailboxes = imap.Pollers(app, self.processor.wake.set)
+        self.listener = smtp.Listener(app, self.processor.wake.set)
         self.servers: list = []
         self.http_runner = None
 
     async def run(self) -> int:
         await self._start_listeners()
         self._start_mailboxes()
-        processing = asyncio.create_task(self.processor.run(self.stopping))
-        sending = asyncio.create_task(self.sender.run(self.stopping))
-        timers = asyncio.create_task(self._lifecycle())
+        tasks = {
+            "processing": asyncio.create_task(self.processor.run(self.stopping)),
+            "sending": asyncio.create_task(self.sender.run(self.stopping)),
+        }
+        background = [asyncio.create_task(self._lifecycle()), asyncio.create_task(self._watchdog())]
+        sdnotify.notify("READY=1", "STATUS=taking mail")
         await self.stopping.wait()
-        log.info("stopping: no new connections; finishing the message in hand")
+        sdnotify.notify("STOPPING=1", "STATUS=stopping")
+        log.info("stopping: new connections get 421; finishing what is in hand")
         await self._stop_listeners()
-        timers.cancel()
+        for task in background:
+            task.cancel()
         await self.mailboxes.stop(IMAP_STOP_SECONDS)
-        try:
-            await asyncio.wait_for(processing, SHUTDOWN_GRACE_SECONDS)
-        except asyncio.TimeoutError:
-            log.warning("processing did not finish within %ds; the spool keeps the rest", SHUTDOWN_GRACE_SECONDS)
-        try:
-            await asyncio.wait_for(sending, SHUTDOWN_GRACE_SECONDS)
-        except asyncio.TimeoutError:
-            log.warning("sending did not finish within %ds; the outbox keeps the rest", SHUTDOWN_GRACE_SECONDS)
+        for name, task in tasks.items():
+            try:
+                await asyncio.wait_for(task, SHUTDOWN_GRACE_SECONDS)
+            except asyncio.TimeoutError:
+                log.warning("%s did not finish within %ds; it resumes at the next start", name, SHUTDOWN_GRACE_SECONDS)
         self.app.db.dispose()
         log.info("stopped")
         return 0
 
+    def reload(self) -> None:
+        """SIGHUP: the config that can change without a restart, and the templates."""
+        old = self.app.config
+        try:
+            new = config_module.load(old.source) if old.source else old
+        except config_module.ConfigError as e:
+            log.error("reload refused, keeping the running config: %s", e)
+            return
+        kept = {name: getattr(old, name) for name in RESTART_ONLY}
+        for name, value in kept.items():
+            if getattr(new, name) != value:
+                log.warning("reload: [%s] changed; it takes effect at the next restart", name)
+        self.app.config = dataclasses.replace(new, **kept)
+        self.app.reload_templates()
+        logging.getLogger().setLevel(self.app.config.logging.level.upper())
+        log.info("reloaded %s", old.source or "the embedded defaults")
+
     async def _lifecycle(self) -> None:
         """The lifecycle pass of SPEC §6, every `lifecycle.interval_seconds`."""
-        from mailgate.db import run_blocking
         from mailgate.models import utcnow
         from mailgate.tickets import lifecycle
 
@@ -72,18 +99,21 @@ class Daemon:
                     log.info("lifecycle: %d closed, %d reminded", report.closed, report.reminded)
             except Exception as e:  # the database may be away; the next pass tries again
                 log.error("lifecycle pass failed: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
-            try:
-                await asyncio.wait_for(self.stopping.wait(), self.app.config.lifecycle.interval_seconds)
-            except asyncio.TimeoutError:
-                pass
+            await wait_any(self.stopping, timeout=self.app.config.lifecycle.interval_seconds)
+
+    async def _watchdog(self) -> None:
+        """Ping systemd's watchdog from the loop itself: a loop that hangs stops the pings."""
+        interval = sdnotify.watchdog_interval()
+        while interval and not self.stopping.is_set():
+            sdnotify.notify("WATCHDOG=1")
+            await wait_any(self.stopping, timeout=interval)
 
     async def _start_listeners(self) -> None:
         cfg = self.app.config
         if cfg.smtp.enabled:
-            server = await smtp.start(self.app, self.processor.wake.set)
+            server = await self.listener.start()
             self.servers.append(server)
-            kind = "LMTP" if cfg.smtp.lmtp else "SMTP"
-            _announce(f"{kind} on {_bound(server)}")
+            _announce(f"{'LMTP' if cfg.smtp.lmtp else 'SMTP'} on {_bound(server)}")
         if cfg.http.enabled:
             self.http_runner = await http_server.start(self.app, self.mailboxes)
             _announce(f"HTTP on {cfg.http.host}:{_http_port(self.http_runner)}")
@@ -95,8 +125,10 @@ class Daemon:
         self.mailboxes.start(self.stopping)
 
     async def _stop_listeners(self) -> None:
-        for server in self.servers:
-            server.close()
+        if self.servers:
+            cut = await self.listener.stop(SMTP_GRACE_SECONDS)
+            if cut:
+                log.warning("closed %d SMTP session(s) still mid-message; their senders will retry", cut)
         if self.http_runner is not None:
             await self.http_runner.cleanup()
 
@@ -133,4 +165,5 @@ async def _serve(daemon: Daemon) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     return await daemon.run()

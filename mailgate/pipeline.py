@@ -159,7 +159,7 @@ class Pipeline:
     def _referenced_ticket(self, session: Session, parsed: ParsedMessage, contact: Contact) -> Ticket | None:
         """SPEC §4.5–4.6: the first referenced ticket that exists, if the sender may see it."""
         for ticket in self._references(session, parsed):
-            return ticket if _may_comment(contact, ticket) else None
+            return ticket if service.may_see(ticket, contact) else None
         return None
 
     def _references(self, session: Session, parsed: ParsedMessage):
@@ -257,7 +257,9 @@ class Pipeline:
         return Result(inbound.outcome, ticket.key if ticket else None, inbound.id, inbound.error)
 
     def _log(self, inbound: Inbound, result: Result, started: float | None) -> None:
-        ms = f"{(time.monotonic() - started) * 1000:.0f}" if started else "-"
+        seconds = time.monotonic() - started if started else None
+        self.app.metrics.message(result.outcome, seconds)
+        ms = f"{seconds * 1000:.0f}" if seconds is not None else "-"
         log.info(
             "message_id=%s sender=%s outcome=%s ticket=%s ms=%s",
             inbound.message_id or "-", inbound.from_address or inbound.envelope_sender or "-",
@@ -297,13 +299,6 @@ def _active_contact(session: Session, address: str | None) -> Contact | None:
     return session.exec(
         select(Contact).where(Contact.email == address.lower(), Contact.active.is_(True))
     ).first()
-
-
-def _may_comment(contact: Contact, ticket: Ticket) -> bool:
-    """SPEC §4.6: the creator, or a contact of the ticket's organisation while it is shared."""
-    return contact.id == ticket.creator_id or (
-        ticket.shared and contact.organisation_id == ticket.organisation_id
-    )
 
 
 def _ticket(session: Session, ticket_id: int | None) -> Ticket | None:

@@ -15,6 +15,7 @@ import logging
 import sqlalchemy as sa
 import tenacity
 
+from mailgate.aio import wait_any
 from mailgate.app import App
 from mailgate.db import run_blocking
 from mailgate.pipeline import Pipeline, Result
@@ -106,7 +107,7 @@ class Processor:
                 handled = 0
             if not handled:
                 self.wake.clear()
-                await _wait_any(stopping, self.wake, timeout=1.0)
+                await wait_any(stopping, self.wake, timeout=1.0)
 
     async def _drain(self, stopping: asyncio.Event) -> int:
         handled = 0
@@ -134,7 +135,7 @@ class Processor:
             retry=tenacity.retry_if_exception_type(Transient),
             stop=lambda state: stopping.is_set(),
             wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=30),
-            sleep=lambda seconds: _wait_any(stopping, timeout=seconds),
+            sleep=lambda seconds: wait_any(stopping, timeout=seconds),
             before_sleep=self._outage_started,
             reraise=True,
         )
@@ -160,7 +161,7 @@ class Processor:
     async def _orphan_scan(self, stopping: asyncio.Event) -> None:
         """Pick up messages a crashed `mailgate deliver` left in cur/."""
         while not stopping.is_set():
-            await _wait_any(stopping, timeout=ORPHAN_SCAN_SECONDS)
+            await wait_any(stopping, timeout=ORPHAN_SCAN_SECONDS)
             if stopping.is_set():
                 break
             try:
@@ -175,12 +176,3 @@ class Processor:
 
 def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}"
-
-
-async def _wait_any(*events: asyncio.Event, timeout: float) -> None:
-    waiters = [asyncio.create_task(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()

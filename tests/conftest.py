@@ -93,3 +93,26 @@ def daemon(config_path: Path):
     yield start
     for d in started:
         d.stop()
+
+
+@pytest.fixture
+def world_app(config_path):
+    """An App on this test's config with the test world (tests/world.py) and seed tickets."""
+    yield from _world(config_path, seed_tickets=True)
+
+
+@pytest.fixture
+def people_app(config_path):
+    """An App with the world's organisations and contacts, but no tickets yet."""
+    yield from _world(config_path, seed_tickets=False)
+
+
+def _world(config_path: Path, seed_tickets: bool):
+    from mailgate import config as config_module
+    from mailgate.app import App
+    from tests import world
+
+    app = App(config_module.load(config_path)).prepare()
+    world.build(app, seed_tickets=seed_tickets)
+    yield app
+    app.db.dispose()

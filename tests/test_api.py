@@ -9,7 +9,6 @@ import pytest
 from mailgate import config as config_module
 from mailgate.app import App
 from tests import world
-from tests.support import make_message
 
 TOKENS = {"eu": "eu-agent-token-0123456789", "us": "us-agent-token-0123456789",
           "ro": "readonly-token-0123456789"}

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from sqlmodel import func, select
 
-from mailgate import config as config_module, views
+from mailgate import views
 from mailgate.app import App
 from mailgate.ingest import pipe
-from mailgate.models import Inbound, Ticket
+from mailgate.models import Inbound, Outbound, Ticket
 from tests import world
 from tests.inprocess import running_daemon, smtp_port
 from tests.support import SUPPORT, send, wait_for
@@ -23,27 +23,36 @@ CASES = tomllib.loads((FIXTURES / "manifest.toml").read_text())["case"]
 
 
 @pytest.fixture
-def app(config_path):
-    app = App(config_module.load(config_path)).prepare()
-    world.build(app)
-    yield app
-    app.db.dispose()
+def app(world_app):
+    return world_app
 
 
 def _raw(app: App, case: dict) -> bytes:
     raw = (FIXTURES / case["file"]).read_bytes()
     if b"@@SIGNED:" in raw:
-        signed = app.signer.message_id("SD-1").strip("<>")
-        raw = raw.replace(b"@@SIGNED:SD-1@@", signed.encode())
+        raw = raw.replace(b"@@SIGNED:SD-1@@", _notification_id(app, "SD-1").strip("<>").encode())
     return raw
+
+
+def _notification_id(app: App, key: str) -> str:
+    """The Message-ID of the ticket_created notification mailgate queued for KEY's creator."""
+    with app.db.session() as s:
+        ticket = s.exec(select(Ticket).where(Ticket.key == key)).one()
+        row = s.exec(select(Outbound).where(Outbound.ticket_id == ticket.id, Outbound.event == "ticket_created",
+                                            Outbound.recipient == "alice@acme.example")).one()
+        assert app.signer.ticket_of(row.message_id) == key
+        return row.message_id
+
+
+def _bounced(app: App) -> int:
+    with app.db.session() as s:
+        return s.exec(select(func.count()).select_from(Outbound).where(Outbound.status == "bounced")).one()
 
 
 def _sender(case: dict, raw: bytes) -> str | None:
     if "sender" in case:
         return case["sender"]
     head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0].decode("latin-1")
-    import email
-
     msg = email.message_from_string(head + "\n\n")
     pairs = email.utils.getaddresses(msg.get_all("From", []))
     return pairs[0][1] if pairs and pairs[0][1] else "unknown@sender.example"
@@ -83,6 +92,8 @@ def _check(app: App, case: dict, deliver) -> None:
         assert first[0] == case.get("first_outcome", "ticket_created"), first
     outcome, ticket = deliver(app, raw, sender, recipient)
     assert (outcome, ticket) == (case["outcome"], case.get("ticket")), case["file"]
+    if "bounced" in case:
+        assert _bounced(app) == case["bounced"]
     if ticket:
         _check_ticket(app, case, ticket)
 

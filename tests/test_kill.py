@@ -5,7 +5,6 @@ queued twice."""
 
 from __future__ import annotations
 
-import email.utils
 import json
 import smtplib
 import socket

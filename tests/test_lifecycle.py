@@ -7,8 +7,6 @@ from datetime import datetime, timedelta
 import pytest
 from sqlmodel import select
 
-from mailgate import config as config_module
-from mailgate.app import App
 from mailgate.ingest import pipe
 from mailgate.models import Ticket, aware
 from mailgate.tickets import lifecycle
@@ -19,11 +17,8 @@ EPS = timedelta(minutes=1)
 
 
 @pytest.fixture
-def app(config_path):
-    app = App(config_module.load(config_path)).prepare()
-    world.build(app)
-    yield app
-    app.db.dispose()
+def app(world_app):
+    return world_app
 
 
 def _ticket(app, key="SD-1") -> Ticket:

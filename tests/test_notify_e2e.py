@@ -12,10 +12,8 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import func, select
 
-from mailgate import config as config_module
 from mailgate.app import App
 from mailgate.models import Inbound, Outbound, SenderNotice, Ticket, utcnow
-from tests import world
 from tests.support import make_message, send, wait_for
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "emails"
@@ -23,11 +21,8 @@ STRANGER = "Stranger <stranger@else.example>"
 
 
 @pytest.fixture
-def app(config_path):
-    app = App(config_module.load(config_path)).prepare()
-    world.build(app, seed_tickets=False)
-    yield app
-    app.db.dispose()
+def app(people_app):
+    return people_app
 
 
 def _count(app: App, model, *where) -> int:

@@ -10,21 +10,15 @@ from __future__ import annotations
 import pytest
 from sqlmodel import select
 
-from mailgate import config as config_module
-from mailgate.app import App
 from mailgate.events import EVENTS, Event
 from mailgate.models import Contact, Subscription, utcnow
 from mailgate.notify.recipients import recipients
 from mailgate.tickets import service
-from tests import world
 
 
 @pytest.fixture
-def app(config_path):
-    app = App(config_module.load(config_path)).prepare()
-    world.build(app, seed_tickets=False)
-    yield app
-    app.db.dispose()
+def app(people_app):
+    return people_app
 
 
 def _contact(session, name: str) -> Contact:

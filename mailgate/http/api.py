@@ -19,6 +19,7 @@ from sqlmodel import Session, select
 
 from mailgate import notify, views
 from mailgate.app import App
+from mailgate.http import APP
 from mailgate.config import AgentConfig
 from mailgate.db import run_blocking
 from mailgate.models import Contact, Organisation, Ticket, utcnow
@@ -180,7 +181,7 @@ def _escape_like(text: str) -> str:
 
 
 def _app(request: web.Request) -> App:
-    return request.app["mailgate"]
+    return request.app[APP]
 
 
 def _agent(request: web.Request) -> AgentConfig:

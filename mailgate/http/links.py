@@ -15,8 +15,10 @@ from aiohttp import web
 from sqlmodel import select
 
 from mailgate.app import App
+from mailgate.http import APP
 from mailgate.db import run_blocking
 from mailgate.models import Contact, Ticket
+from mailgate.tickets import service
 from mailgate.notify import subscriptions, tokens
 
 ONE_CLICK = ("List-Unsubscribe", "One-Click")
@@ -39,13 +41,13 @@ class _State:
 
 
 async def show(request: web.Request) -> web.Response:
-    app: App = request.app["mailgate"]
+    app: App = request.app[APP]
     state = await run_blocking(_apply, app, request.match_info["token"], None)
     return _page(app, state, saved=False)
 
 
 async def switch(request: web.Request) -> web.Response:
-    app: App = request.app["mailgate"]
+    app: App = request.app[APP]
     form = await request.post()
     if form.get(ONE_CLICK[0]) == ONE_CLICK[1]:
         await run_blocking(_apply, app, request.match_info["token"], False)
@@ -68,7 +70,7 @@ def _apply(app: App, token: str, notify: bool | None) -> _State:
         contact = session.exec(select(Contact).where(Contact.email == email)).first()
         if ticket is None or contact is None:
             raise web.HTTPNotFound(text="This link is not valid.\n")
-        if not subscriptions.may_see(ticket, contact):
+        if not service.may_see(ticket, contact):
             raise web.HTTPForbidden(text="This ticket is no longer visible to you.\n")
         if notify is not None:
             subscriptions.set_notify(session, ticket, contact, notify)

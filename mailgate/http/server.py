@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from mailgate.app import App
+from mailgate.http import APP
 from mailgate.db import run_blocking
 from mailgate.http import api
 from mailgate.http import links
@@ -15,9 +16,10 @@ MAILBOXES = web.AppKey("mailboxes", object)  # the daemon's IMAP pollers (ingest
 
 def application(app: App, mailboxes=None) -> web.Application:
     web_app = web.Application()
-    web_app["mailgate"] = app
+    web_app[APP] = app
     web_app[MAILBOXES] = mailboxes
     web_app.router.add_get("/healthz", healthz)
+    web_app.router.add_get("/metrics", metrics)
     api.routes(web_app)
     links.add_routes(web_app)  # /notifications/<token>: the signed on/off links
     return web_app
@@ -25,7 +27,7 @@ def application(app: App, mailboxes=None) -> web.Application:
 
 async def healthz(request: web.Request) -> web.Response:
     """200 when the database answers and the spool takes files; 503 naming what fails."""
-    app: App = request.app["mailgate"]
+    app: App = request.app[APP]
     checks = {"database": await run_blocking(_database_ok, app), "spool": await run_blocking(app.spool.writable)}
     ok = all(checks.values())
     body = {"status": "ok" if ok else "failing", **{k: "ok" if v else "failing" for k, v in checks.items()},
@@ -34,6 +36,13 @@ async def healthz(request: web.Request) -> web.Response:
         # Reported, not judged: a mailbox the daemon cannot reach does not make the daemon unhealthy.
         body["imap"] = request.app[MAILBOXES].report()
     return web.json_response(body, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition: messages by outcome, processing time, spool and outbox depth."""
+    app: App = request.app[APP]
+    body = await run_blocking(app.metrics.render)
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 def _database_ok(app: App) -> bool:

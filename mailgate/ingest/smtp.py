@@ -36,12 +36,12 @@ class InboundHandler:
 
     def __init__(self, app: App, on_spooled: Callable[[], None], lmtp: bool):
         self.app = app
-        self.support = app.config.support_addresses
         self.on_spooled = on_spooled
         self.source = "lmtp" if lmtp else "smtp"
 
     async def handle_RCPT(self, server, session, envelope: SmtpEnvelope, address: str, rcpt_options):
-        if not is_support_address(address, self.support):
+        # Read at use: a SIGHUP may have changed the support addresses.
+        if not is_support_address(address, self.app.config.support_addresses):
             return f"550 5.1.1 <{address}>: no such support address"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
@@ -65,11 +65,28 @@ class InboundHandler:
 
 
 class _EnhancedReplies:
-    """aiosmtpd's own size replies lack the enhanced status code of SPEC §3.1."""
+    """aiosmtpd's own size replies lack the enhanced status code of SPEC §3.1; and the
+    listener needs to know its open sessions to shut down gracefully."""
 
     # RFC 5321 allows 1000 characters a line, but real mailers send longer HTML lines and
     # MTAs pass them on; refusing them would lose mail. 1 MiB bounds memory per line.
     line_length_limit = 1024 * 1024
+    sessions: set | None = None  # the listener's set of open sessions
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        if self.sessions is not None:
+            self.sessions.add(self)
+
+    def connection_lost(self, exc):
+        if self.sessions is not None:
+            self.sessions.discard(self)
+        super().connection_lost(exc)
+
+    @property
+    def in_transaction(self) -> bool:
+        """Between MAIL FROM and the reply to DATA: a message the client is handing over."""
+        return bool(self.envelope and self.envelope.mail_from)
 
     async def push(self, status):
         if isinstance(status, str) and "552 Error" in status:
@@ -117,8 +134,68 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
     return context
 
 
-async def start(app: App, on_spooled: Callable[[], None]) -> asyncio.AbstractServer:
-    """Bind the listener on the running loop."""
+class _ShuttingDown(asyncio.Protocol):
+    """What a connection made after SIGTERM gets: 421, then the door."""
+
+    def connection_made(self, transport) -> None:
+        transport.write(f"{SHUTTING_DOWN}\r\n".encode())
+        transport.close()
+
+
+class Listener:
+    """The bound SMTP/LMTP server and its sessions, for a graceful stop (SPEC §8): new
+    connections get 421, a message being handed over is finished, idle sessions are told 421."""
+
+    def __init__(self, app: App, on_spooled: Callable[[], None]):
+        self.app = app
+        self.on_spooled = on_spooled
+        self.sessions: set = set()
+        self.closing = False
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> asyncio.AbstractServer:
+        factory = await _protocol_factory(self.app, self.on_spooled)
+
+        def connection():
+            if self.closing:
+                return _ShuttingDown()
+            protocol = factory()
+            protocol.sessions = self.sessions
+            return protocol
+
+        cfg = self.app.config.smtp
+        self.server = await asyncio.get_running_loop().create_server(connection, host=cfg.host, port=cfg.port)
+        return self.server
+
+    async def stop(self, grace: float) -> int:
+        """Stop taking mail within GRACE seconds; returns how many sessions had to be cut."""
+        self.closing = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.sessions and loop.time() < deadline:
+            for session in [s for s in self.sessions if not s.in_transaction]:
+                await _say_goodbye(session)
+            if self.sessions:
+                await asyncio.sleep(0.05)  # a transaction in hand finishes within the grace
+        cut = len(self.sessions)
+        for session in list(self.sessions):
+            session.transport.close()  # never acknowledged: the client keeps the message
+        self.server.close()
+        await self.server.wait_closed()
+        return cut
+
+
+async def _say_goodbye(session) -> None:
+    try:
+        await session.push(SHUTTING_DOWN)
+    except Exception:  # the client went away meanwhile
+        pass
+    session.sessions.discard(session)
+    if session.transport is not None:
+        session.transport.close()
+
+
+async def _protocol_factory(app: App, on_spooled: Callable[[], None]):
     cfg = app.config.smtp
     # aiosmtpd's own log says "<< / >>" for every command at INFO, and logs the DATA lines —
     # the message bodies — at DEBUG. We log one line per message ourselves (SPEC §8).
@@ -133,5 +210,4 @@ async def start(app: App, on_spooled: Callable[[], None]) -> asyncio.AbstractSer
         data_size_limit=cfg.max_message_size, enable_SMTPUTF8=True, decode_data=False,
         tls_context=context, require_starttls=False, ident="mailgate", hostname=hostname,
     )
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: protocol(handler, **kwargs), host=cfg.host, port=cfg.port)
+    return lambda: protocol(handler, **kwargs)

@@ -12,15 +12,11 @@ from sqlmodel import Session, select
 
 from mailgate.models import Contact, Subscription, Ticket
 from mailgate.notify.recipients import notify_on
+from mailgate.tickets import service
 
 
 class NotAllowed(ValueError):
     """The contact may not see the ticket, so has no notifications to switch."""
-
-
-def may_see(ticket: Ticket, contact: Contact) -> bool:
-    """SPEC §4.6: the creator, or a contact of the ticket's organisation while it is shared."""
-    return contact.id == ticket.creator_id or (ticket.shared and contact.organisation_id == ticket.organisation_id)
 
 
 def is_on(session: Session, ticket: Ticket, contact: Contact) -> bool:
@@ -29,7 +25,7 @@ def is_on(session: Session, ticket: Ticket, contact: Contact) -> bool:
 
 def set_notify(session: Session, ticket: Ticket, contact: Contact, on: bool) -> Subscription:
     """Record CONTACT's choice for TICKET; idempotent."""
-    if not may_see(ticket, contact):
+    if not service.may_see(ticket, contact):
         raise NotAllowed(f"{contact.email} cannot see ticket {ticket.key}")
     choice = _choice(session, ticket, contact)
     if choice is None:

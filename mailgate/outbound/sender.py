@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from mailgate.aio import wait_any
 from mailgate.app import App
 from mailgate.db import run_blocking
 from mailgate.models import utcnow
@@ -114,11 +115,13 @@ class Sender:
             await run_blocking(outbox.release, self.db, claim)  # shutdown: let the next run have it
             raise
         except PermanentFailure as e:
+            self.app.metrics.send_failed(permanent=True)
             await self._record(outbox.mark_failed, claim, str(e))
             report.failed += 1
             self._log(claim, "failed", started, e)
             return True
         except TemporaryFailure as e:
+            self.app.metrics.send_failed(permanent=False)
             status = await self._retry_later(claim, e)
             report.deferred += status == "deferred"
             report.failed += status == "failed"
@@ -155,9 +158,9 @@ class Sender:
 
     async def _pause(self, stopping: asyncio.Event) -> None:
         if self._outage_since is not None:  # woken or not, the relay needs its rest
-            await _wait_any([stopping], outbox.backoff(self._outages, self.cfg))
+            await wait_any(stopping, timeout=outbox.backoff(self._outages, self.cfg))
             return
-        await _wait_any([stopping, self._wake], await self._until_due())
+        await wait_any(stopping, self._wake, timeout=await self._until_due())
 
     async def _until_due(self) -> float:
         try:
@@ -200,12 +203,3 @@ class Sender:
         if self._trouble:
             log.warning("outbox reachable again; sending resumed")
         self._trouble = False
-
-
-async def _wait_any(events: list[asyncio.Event], timeout: float) -> None:
-    waiters = [asyncio.create_task(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()

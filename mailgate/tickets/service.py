@@ -20,6 +20,12 @@ from mailgate.models import Attachment, Comment, Contact, Counter, Subscription,
 TICKET_COUNTER = "ticket"
 
 
+def may_see(ticket: Ticket, contact: Contact) -> bool:
+    """SPEC §4.6: the creator, or a contact of the ticket's organisation while it is shared.
+    The same rule decides who may comment by mail and who may switch notifications."""
+    return contact.id == ticket.creator_id or (ticket.shared and contact.organisation_id == ticket.organisation_id)
+
+
 def allocate_key(session: Session, prefix: str) -> str:
     """The next ticket key. The counter row is locked until commit, so keys never repeat,
     with several instances on one database too; a rolled-back number leaves a gap."""
