@@ -27,7 +27,6 @@ import argparse
 import cProfile
 import hashlib
 import io
-import os
 import pstats
 import random
 import sys

@@ -41,10 +41,10 @@ def main(argv=None) -> int:
             if frames:
                 self_[frames[-1]] += n
     print(f"{total} of {everything} samples are under {args.under or '(all)'}")
-    print(f"\ninclusive (share of those samples):")
+    print("\ninclusive (share of those samples):")
     for fr, n in inclusive.most_common(args.top):
         print(f"  {100 * n / max(total, 1):5.1f}%  {fr}")
-    print(f"\nself:")
+    print("\nself:")
     for fr, n in self_.most_common(args.top):
         print(f"  {100 * n / max(total, 1):5.1f}%  {fr}")
     return 0

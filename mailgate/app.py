@@ -53,6 +53,26 @@ class App:
         """Recompile the templates with the current config (SIGHUP)."""
         self.__dict__.pop("renderer", None)
 
+    def warm_up(self) -> "App":
+        """Do at start what the first message would otherwise do inside its transaction (which,
+        on SQLite, holds the write lock): import the processing and notification modules, load
+        the secret, compile the templates and run the email package's header machinery once."""
+        from datetime import datetime, timezone
+
+        import mailgate.mail.parse  # noqa: F401
+        import mailgate.notify  # noqa: F401
+        import mailgate.pipeline  # noqa: F401
+        from mailgate.notify.render import Headers
+
+        signer = self.signer
+        renderer = self.renderer
+        renderer.warm_up()
+        renderer.mail("unknown_sender_notice", ("en",), {"address": "warm-up@example.com"},
+                      Headers(subject="warm-up", to_address="warm-up@example.com", to_name="Wärm Up",
+                              message_id=signer.message_id("SD-0")),
+                      datetime.now(timezone.utc))
+        return self
+
     def prepare(self) -> "App":
         """Create the state directories and bring the schema up to date."""
         self.config.state_dir.mkdir(parents=True, exist_ok=True)

@@ -157,7 +157,7 @@ def _announce(text: str) -> None:
 
 
 def serve(app: App) -> int:
-    app.prepare()
+    app.prepare().warm_up()
     return asyncio.run(_serve(Daemon(app)))
 
 

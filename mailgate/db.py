@@ -44,6 +44,25 @@ class Database:
                 session.rollback()
                 raise
 
+    @contextlib.contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A transaction that only reads. On SQLite it starts with a plain (deferred) BEGIN, so
+        it does not take the write lock and does not queue behind writers (WAL readers see the
+        last commit). Anything that may write must use `session()`: a flush here raises."""
+        with Session(self._read_engine, expire_on_commit=False) as session:
+            sa.event.listen(session, "before_flush", _refuse_flush)
+            try:
+                yield session
+                session.commit()  # nothing to write; ends the read transaction
+            except BaseException:
+                session.rollback()
+                raise
+
+    @functools.cached_property
+    def _read_engine(self) -> sa.Engine:
+        # Same pool and listeners; the option tells the SQLite "begin" listener to defer.
+        return self.engine.execution_options(mailgate_read_only=True)
+
     def upgrade(self) -> None:
         """Bring the schema to the newest migration (once per process and URL)."""
         with _upgrade_lock:
@@ -71,9 +90,20 @@ def _engine(url: str) -> sa.Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own transaction handling defers BEGIN; take the write lock up front
         # instead, so two writers queue on busy_timeout rather than fail on upgrade.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        # Database.read_session's transactions only read: a plain BEGIN, no write lock.
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _sqlite_begin(conn) -> None:
+    read_only = conn.get_execution_options().get("mailgate_read_only", False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def _refuse_flush(session, _flush_context, _instances) -> None:
+    if session.new or session.dirty or session.deleted:
+        raise RuntimeError("Database.read_session() is read-only; use Database.session() to write")
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

@@ -65,7 +65,7 @@ class _Depths:
 
         counts = dict.fromkeys(OUTBOX_STATUSES, 0)
         try:
-            with self.app.db.session() as s:
+            with self.app.db.read_session() as s:
                 for status, count in s.exec(select(Outbound.status, func.count()).group_by(Outbound.status)):
                     counts[status] = count
         except Exception as e:  # a scrape during a database outage still shows the rest

@@ -213,6 +213,12 @@ class ThreadMessage(SQLModel, table=True):
 class Outbound(SQLModel, table=True):
     """The transactional outbox (SPEC §7): written with the change that causes it."""
 
+    __table_args__ = (
+        # The sender's claim: the most overdue queued row, without sorting all of them.
+        sa.Index("ix_outbound_claim", "status", "next_attempt_at", "id"),
+        # The per-recipient rate limit counts one recipient's rows of the last hour.
+        sa.Index("ix_outbound_recipient_created_at", "recipient", "created_at"),
+    )
     id: Optional[int] = Field(default=None, primary_key=True)
     ticket_id: Optional[int] = Field(default=None, foreign_key="ticket.id", index=True)
     event: str = Field(max_length=40)

@@ -71,7 +71,7 @@ class Pipeline:
     def process(self, spool_id: str, envelope: Envelope, raw: bytes) -> Result:
         """Process one spooled message; idempotent per spool id (a crash may repeat it)."""
         started = time.monotonic()
-        with self.app.db.session() as session:
+        with self.app.db.read_session() as session:  # no write lock for "already done?"
             done = session.exec(select(Inbound).where(Inbound.spool_id == spool_id)).first()
             if done is not None:
                 return self._result(session, done)

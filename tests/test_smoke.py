@@ -21,3 +21,28 @@ def test_walkthrough_org_contact_mail_ticket(daemon, cli_process):
     shown = json.loads(cli_process("ticket", "show", "SD-1", "--json").stdout)
     assert shown["description"] == "It smokes."
     assert d.stop() == 0
+
+
+def test_embedded_defaults_with_no_config(tmp_path):
+    """`mailgate serve` with no config file: SQLite and state under ./var, SMTP on
+    127.0.0.1:8025, HTTP on 127.0.0.1:8080, and it says so."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MAILGATE_CONFIG"}
+    proc = subprocess.Popen([sys.executable, "-m", "mailgate", "serve"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("mailgate: state in"):
+                break
+        assert "mailgate: SMTP on 127.0.0.1:8025\n" in lines, lines
+        assert "mailgate: HTTP on 127.0.0.1:8080\n" in lines, lines
+        assert (tmp_path / "var" / "mailgate.db").is_file() and (tmp_path / "var" / "spool" / "new").is_dir()
+        send(8025, make_message(sender="Nobody <nobody@example.org>"))
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0

@@ -92,7 +92,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def _list(app: App, agent: AgentConfig, f: dict) -> list[dict]:
-    with app.db.session() as s:
+    with app.db.read_session() as s:
         query = select(Ticket).join(Organisation, Organisation.id == Ticket.organisation_id)
         query = query.where(_visible(agent)).order_by(Ticket.id)
         if f["status"]:
@@ -110,7 +110,7 @@ def _list(app: App, agent: AgentConfig, f: dict) -> list[dict]:
 
 
 def _show(app: App, agent: AgentConfig, key: str) -> dict:
-    with app.db.session() as s:
+    with app.db.read_session() as s:
         return views.ticket_detail(_ticket(s, agent, key), views.Names(s))
 
 

@@ -43,12 +43,9 @@ def _ticket_event(session: Session, app, event, now) -> list[Outbound]:
     if ticket is None:
         return []
     mail = compose.EventMail(session, app, ticket, event)
-    rows = []
-    for recipient in recipients(session, ticket, event):
-        rendered = mail.render(recipient, now)
-        rows.append(outbox.add(session, app, ticket=ticket, event=event.kind,
-                               recipient=recipient.contact.email, rendered=rendered, now=now))
-    return rows
+    mails = [(recipient.contact.email, mail.render(recipient, now))
+             for recipient in recipients(session, ticket, event)]
+    return outbox.add_many(session, app, ticket=ticket, event=event.kind, mails=mails, now=now)
 
 
 def _wake_sender_after_commit(session: Session, app) -> None:

@@ -27,11 +27,24 @@ class EventMail:
         self.session, self.app, self.ticket, self.event = session, app, ticket, event
         self.context = _event_context(session, app, ticket, event)
         self.root = _first_inbound_id(session, ticket)
+        self._previous: dict[str, str] | None = None
+
+    def previous_id(self, recipient: str) -> str | None:
+        """The last notification RECIPIENT got for the ticket (one query for all recipients;
+        the recipients of one event are distinct, so it does not change while rendering it)."""
+        if self._previous is None:
+            self._previous = {}
+            for address, message_id in self.session.exec(
+                select(Outbound.recipient, Outbound.message_id).where(Outbound.ticket_id == self.ticket.id)
+                .order_by(Outbound.id.desc())
+            ):
+                self._previous.setdefault(address, message_id)
+        return self._previous.get(recipient)
 
     def render(self, recipient: Recipient, now: datetime) -> Rendered:
         contact, ticket = recipient.contact, self.ticket
         link = _link(self.app, ticket, contact)
-        previous = _previous_id(self.session, ticket, contact.email)
+        previous = self.previous_id(contact.email)
         headers = Headers(
             subject=f"[{ticket.key}] {ticket.summary}", to_address=contact.email, to_name=contact.name,
             message_id=self.app.signer.message_id(ticket.key), in_reply_to=previous or self.root,
@@ -75,13 +88,6 @@ def _first_inbound_id(session: Session, ticket: Ticket) -> str | None:
     return session.exec(
         select(Inbound.message_id).where(Inbound.ticket_id == ticket.id, Inbound.message_id.is_not(None))
         .order_by(Inbound.id).limit(1)
-    ).first()
-
-
-def _previous_id(session: Session, ticket: Ticket, recipient: str) -> str | None:
-    return session.exec(
-        select(Outbound.message_id).where(Outbound.ticket_id == ticket.id, Outbound.recipient == recipient)
-        .order_by(Outbound.id.desc()).limit(1)
     ).first()
 
 

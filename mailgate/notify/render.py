@@ -6,20 +6,27 @@ autoescaped, so customer text (a summary, a comment) is shown, never interpreted
 
 Headers are built here, not in templates, and every value that goes into one passes
 `header_text` (CR, LF, NUL and other control characters folded to spaces): no text from a
-customer can add or alter a header. The message is an `EmailMessage` under `policy.SMTP`,
-which would refuse a line break in a header value anyway.
+customer can add or alter a header.
+
+The message is made with `email.mime` under the compat32 policy: it takes the values as we
+give them instead of parsing each header back into objects as `EmailMessage` does, which cost
+~1.5 ms per notification against ~0.4 ms here (measured; the bench README has the figures).
 """
 
 from __future__ import annotations
 
+import email.charset
 import email.policy
 import email.utils
+import functools
 import logging
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.header import Header
 from email.headerregistry import Address
-from email.message import EmailMessage
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from pathlib import Path
 
 import jinja2
@@ -30,7 +37,7 @@ from mailgate.models import STATUSES, STATUSES_DE, TYPES, TYPES_DE
 
 log = logging.getLogger("mailgate.notify")
 
-DEFAULT_TEMPLATES = Path(mailgate.__file__).resolve().parent.parent / "templates"
+DEFAULT_TEMPLATES = Path(mailgate.__file__).resolve().parent / "templates"
 FALLBACK_LANGUAGE = "en"
 NOTICE_LANGUAGES = ("en", "de")  # the unknown sender's language is unknown: both, in one mail
 NOTICE_SUBJECT = "Your message to the service desk / Ihre Nachricht an den Service Desk"
@@ -39,7 +46,6 @@ _NAMES = {
     "en": {"status": STATUSES, "type": TYPES},
     "de": {"status": STATUSES_DE, "type": TYPES_DE},
 }
-_OUTPUT = email.policy.SMTP.clone(refold_source="none")  # CRLF; headers we built fold themselves
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 _MESSAGE_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,250}>$")  # printable ASCII, no < > or space
 
@@ -87,11 +93,19 @@ class Renderer:
         """Render TEMPLATE (an event name) in LANGUAGES, one after another, into a message."""
         text = "\n\n-----\n\n".join(self._render(f"{lang}/{template}.txt", lang, context) for lang in languages)
         html = "\n<hr>\n".join(self._render(f"{lang}/{template}.html", lang, context) for lang in languages)
-        msg = self._message(headers, now)
-        msg.set_content(text)
-        msg.add_alternative(_html_document(html, languages[0]), subtype="html")
-        msg["Content-Language"] = ", ".join(languages)  # after the body: set_content clears Content-*
-        return Rendered(header_text(headers.subject), headers.message_id, msg.as_bytes(policy=_OUTPUT))
+        message = _compose(self._header_lines(headers, now), text, _html_document(html, languages[0]),
+                           ", ".join(languages))
+        return Rendered(header_text(headers.subject), headers.message_id, message)
+
+    def warm_up(self) -> None:
+        """Compile every built-in template now, so the first notification does not pay for it
+        inside its transaction (which, on SQLite, holds the write lock)."""
+        for env in (self._env, self._defaults):
+            for name in env.list_templates(filter_func=lambda n: n.endswith((".txt", ".html"))):
+                try:
+                    env.get_template(name)
+                except jinja2.TemplateError:
+                    pass  # a broken override is reported (and replaced) when it is used
 
     def page(self, name: str, language: str, context: dict) -> str:
         """An HTML page of the notification links (autoescaped like the mail)."""
@@ -111,27 +125,29 @@ class Renderer:
                       name, self.config.outbound.templates_dir, e)
             return self._defaults.get_template(name).render(context)
 
-    def _message(self, headers: Headers, now: datetime) -> EmailMessage:
+    def _header_lines(self, headers: Headers, now: datetime) -> list[tuple[str, str | Header | _Unfolded]]:
         cfg = self.config
-        msg = EmailMessage(policy=email.policy.SMTP)
-        msg["From"] = Address(display_name=header_text(cfg.outbound.from_name), addr_spec=cfg.from_address)
-        msg["To"] = Address(display_name=header_text(headers.to_name), addr_spec=headers.to_address)
-        msg["Subject"] = header_text(headers.subject)
-        msg["Date"] = email.utils.format_datetime(now)
-        msg["Message-ID"] = headers.message_id
+        if not is_safe_message_id(headers.message_id):
+            raise ValueError(f"unsafe Message-ID {headers.message_id!r}")
+        lines = [
+            ("From", _address(header_text(cfg.outbound.from_name), cfg.from_address)),
+            ("To", _address(header_text(headers.to_name), headers.to_address)),
+            ("Subject", _unstructured(header_text(headers.subject))),
+            ("Date", email.utils.format_datetime(now)),
+            ("Message-ID", headers.message_id),
+        ]
         references = [r for r in dict.fromkeys(headers.references) if is_safe_message_id(r)]
         if headers.in_reply_to and is_safe_message_id(headers.in_reply_to):
-            msg["In-Reply-To"] = headers.in_reply_to
+            lines.append(("In-Reply-To", headers.in_reply_to))
         if references:
-            msg["References"] = " ".join(references)
-        msg["Auto-Submitted"] = "auto-generated"
-        msg["X-Auto-Response-Suppress"] = "All"
+            lines.append(("References", " ".join(references)))
+        lines.append(("Auto-Submitted", "auto-generated"))
+        lines.append(("X-Auto-Response-Suppress", "All"))
         if headers.unsubscribe_url and headers.unsubscribe_url.isascii():
-            # Raw, so a long URL stays one literal <URL> (folding would RFC 2047-encode it,
-            # which no mail client reads as a link); `_OUTPUT` leaves raw headers as they are.
-            msg.set_raw("List-Unsubscribe", f"<{header_text(headers.unsubscribe_url, 900)}>")
-            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        return msg
+            # One literal <URL> on the header's line: a client reads nothing else as a link.
+            lines.append(("List-Unsubscribe", _Unfolded(f"<{header_text(headers.unsubscribe_url, 900)}>")))
+            lines.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+        return lines
 
 
 def header_text(value: str | None, limit: int = 400) -> str:
@@ -175,6 +191,52 @@ def _display(kind: str):
         return names.get(slug or "", slug or "")
 
     return name
+
+
+# --- MIME composition ------------------------------------------------------------------
+
+_OUTPUT = email.policy.compat32.clone(linesep="\r\n")
+_UTF8 = email.charset.Charset("utf-8")
+_UTF8.body_encoding = email.charset.QP  # readable in the raw mail, unlike base64
+
+
+def _compose(headers: list[tuple[str, str | Header | _Unfolded]], text: str, html: str, language: str) -> bytes:
+    """A multipart/alternative message (text, then HTML) as CRLF bytes, ready for SMTP."""
+    msg = MIMEMultipart("alternative")
+    for name, value in headers:
+        msg[name] = value
+    msg["Content-Language"] = language
+    msg.attach(MIMEText(text, "plain", _UTF8))
+    msg.attach(MIMEText(html, "html", _UTF8))
+    return msg.as_bytes(policy=_OUTPUT)
+
+
+class _Unfolded:
+    """A header value written exactly as it is: compat32 asks a value that is not a str to
+    encode itself. Only for values header_text made one line of printable ASCII."""
+
+    def __init__(self, value: str):
+        self.value = value
+
+    def __str__(self) -> str:
+        return self.value
+
+    def encode(self, linesep: str = "\r\n", maxlinelen: int = 0) -> str:
+        return self.value
+
+
+def _unstructured(value: str) -> str | Header:
+    """VALUE (one line, see header_text) as header text: RFC 2047 encoded when it is not plain
+    ASCII or could be read as an encoded word."""
+    if value.isascii() and "=?" not in value:
+        return value
+    return Header(value, _UTF8)
+
+
+@functools.lru_cache(maxsize=8192)
+def _address(name: str, addr_spec: str) -> str:
+    """NAME <ADDR-SPEC>, the name quoted or encoded as it needs."""
+    return email.utils.formataddr((name, addr_spec), charset=_UTF8)
 
 
 def _html_document(body: str, language: str) -> str:

@@ -128,6 +128,19 @@ def add_to_thread(session: Session, ticket: Ticket, message_id: str | None) -> N
         session.add(ThreadMessage(id_hash=key, ticket_id=ticket.id))
 
 
+def add_many_to_thread(session: Session, ticket: Ticket, message_ids: list[str | None]) -> None:
+    """`add_to_thread` for several Message-IDs, with one query."""
+    keys = list(dict.fromkeys(refs.id_hash(m) for m in message_ids if m))
+    if len(keys) <= 1:
+        for m in message_ids:
+            add_to_thread(session, ticket, m)
+        return
+    known = set(session.exec(select(ThreadMessage.id_hash).where(ThreadMessage.id_hash.in_(keys))).all())
+    for key in keys:
+        if key not in known:
+            session.add(ThreadMessage(id_hash=key, ticket_id=ticket.id))
+
+
 def add_participant(session: Session, ticket: Ticket, contact: Contact) -> None:
     existing = session.exec(
         select(Subscription).where(Subscription.ticket_id == ticket.id, Subscription.contact_id == contact.id)
