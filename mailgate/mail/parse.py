@@ -18,6 +18,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.feedparser import BytesFeedParser
 from email.message import Message
 
 import mailparser
@@ -72,8 +73,8 @@ class ParsedMessage:
 def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMessage:
     _check_headers(raw, limits)
     try:
-        mail = mailparser.parse_from_bytes(raw)
-    except Exception as e:  # mail-parser raises many kinds; all mean the same to us
+        mail = mailparser.MailParser(_message_from_bytes(raw))
+    except Exception as e:  # mail-parser raises many kinds (and RecursionError); all mean the same to us
         raise UnparseableMessage(f"{type(e).__name__}: {e}") from e
     msg = mail.message
     if msg is None or (len(msg) == 0 and not raw.strip()):
@@ -96,6 +97,20 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMessage:
         headers=msg,
         content_type=msg.get_content_type(),
     )
+
+
+def _message_from_bytes(raw: bytes) -> Message:
+    """The standard library's parser (what mail-parser uses), fed in slices. Given a whole
+    message at once it splits all of it into lines in one go: a 35 MB message peaked at
+    274 MB; in 64 KB slices, at ~100 MB (bench.memory)."""
+    parser = BytesFeedParser()
+    view = memoryview(raw)
+    for start in range(0, len(raw), _FEED_SLICE):
+        parser.feed(bytes(view[start:start + _FEED_SLICE]))
+    return parser.close()
+
+
+_FEED_SLICE = 64 * 1024
 
 
 # --- limits ------------------------------------------------------------------------------
