@@ -17,6 +17,7 @@ from typing import Callable, Iterator, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 T = TypeVar("T")
@@ -114,6 +115,18 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def insert_if_absent(session: Session, model, **values) -> bool:
+    """INSERT a row of MODEL unless its primary key exists (ON CONFLICT DO NOTHING, which
+    SQLite and PostgreSQL both speak); True when this call inserted it. Unlike a savepoint
+    around a failing INSERT it costs one statement, and on PostgreSQL a concurrent
+    inserter's row is waited for, so exactly one of two racing transactions wins."""
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    table = model.__table__
+    # RETURNING, not rowcount: psycopg reports -1 for an INSERT … ON CONFLICT.
+    statement = insert(table).values(**values).on_conflict_do_nothing().returning(*table.primary_key.columns)
+    return session.execute(statement).first() is not None
 
 
 async def run_blocking(func: Callable[..., T], *args, **kwargs) -> T:

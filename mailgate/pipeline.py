@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import sqlalchemy as sa
 from sqlmodel import Session, func, select
 
 from mailgate import failpoints, notify
 from mailgate.app import App
+from mailgate.db import insert_if_absent
 from mailgate.events import Event
 from mailgate.mail import authentication, autoreply, quotes, refs, subjects
 from mailgate.mail.addresses import is_support_address
@@ -281,16 +281,13 @@ def _claim_dedupe_key(session: Session, inbound: Inbound) -> Inbound | None:
     """Claim the message's de-duplication key for INBOUND; the original's record if it was taken.
 
     The key is a primary key, so two instances racing for one message cannot both win: the
-    loser's insert fails (on PostgreSQL after the winner commits) and it becomes a duplicate.
+    loser's insert does nothing (on PostgreSQL once the winner commits) and it becomes a
+    duplicate.
     """
-    try:
-        with session.begin_nested():
-            session.add(Seen(dedupe_key=inbound.dedupe_key, inbound_id=inbound.id))
-            session.flush()
+    if insert_if_absent(session, Seen, dedupe_key=inbound.dedupe_key, inbound_id=inbound.id):
         return None
-    except sa.exc.IntegrityError:
-        seen = session.get(Seen, inbound.dedupe_key)
-        return session.get(Inbound, seen.inbound_id)
+    seen = session.get(Seen, inbound.dedupe_key)
+    return session.get(Inbound, seen.inbound_id)
 
 
 def _active_contact(session: Session, address: str | None) -> Contact | None:

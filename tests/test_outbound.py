@@ -10,6 +10,7 @@ import email
 import email.policy
 import mailbox
 import threading
+import time
 from collections import Counter
 from datetime import timedelta
 
@@ -22,7 +23,7 @@ from mailgate.app import App
 from mailgate.db import Database
 from mailgate.models import Outbound, Ticket, utcnow
 from mailgate.outbound import outbox, verp
-from mailgate.outbound.sender import Sender
+from mailgate.outbound.sender import Report, Sender
 from mailgate.tickets import service
 from tests import world
 from tests.relay import RelaySink
@@ -156,8 +157,8 @@ def test_restart_with_mail_still_queued_delivers_it_once(make_config, daemon):
 
 def test_a_crashed_senders_rows_come_back_when_the_lease_expires(make_config, sink):
     app = _app(make_config(outbound=sink.config()))
-    crashed = outbox.claim_next(app.db, utcnow(), 600, "x@example.com")  # a sender that then died ...
-    busy = outbox.claim_next(app.db, utcnow(), 600, "x@example.com")  # a sender at work right now
+    crashed, = outbox.claim_due(app.db, utcnow(), 600, "x@example.com")  # a sender that then died ...
+    busy, = outbox.claim_due(app.db, utcnow(), 600, "x@example.com")  # a sender at work right now
     with app.db.session() as s:  # ... ten minutes ago: its lease has run out
         s.execute(sa.update(Outbound).where(Outbound.id == crashed.id).values(claimed_until=utcnow() - timedelta(seconds=1)))
     report = asyncio.run(Sender(app).flush())
@@ -170,6 +171,56 @@ def test_a_crashed_senders_rows_come_back_when_the_lease_expires(make_config, si
     app.db.dispose()
 
 
+def test_a_batch_lease_is_renewed_only_for_rows_still_held_and_the_rest_given_back(make_config):
+    app = _app(make_config())
+    batch = outbox.claim_due(app.db, utcnow(), 600, "x@example.com", limit=10)
+    assert len(batch) == len(_rows(app)) == 4 and len({c.owner for c in batch}) == 1
+    assert outbox.claim_due(app.db, utcnow(), 600, "x@example.com", limit=10) == []  # all leased
+    with app.db.session() as s:  # the first row's lease ran out, and another sender took it
+        s.execute(sa.update(Outbound).where(Outbound.id == batch[0].id).values(claimed_until=utcnow() - timedelta(seconds=1)))
+    other, = outbox.claim_due(app.db, utcnow(), 600, "x@example.com", limit=10)
+    assert other.id == batch[0].id
+    kept = outbox.renew(app.db, batch, utcnow() + timedelta(seconds=1200))
+    assert [c.id for c in kept] == [c.id for c in batch[1:]]
+    assert outbox.release(app.db, batch) == 3  # only what is still ours
+    rows = {r.id: r for r in _rows(app)}
+    assert rows[other.id].claimed_by == other.owner
+    assert all(rows[c.id].claimed_by is None and rows[c.id].status == "queued" for c in kept)
+    app.db.dispose()
+
+
+def test_a_sender_renews_a_batch_lease_before_it_could_run_out(make_config, sink):
+    app = _app(make_config(outbound=sink.config()))
+    sender = Sender(app)
+    lease = outbox.lease_seconds(app.config.outbound)
+    batch = outbox.claim_due(app.db, utcnow(), 5, app.config.from_address, limit=10)  # 5 s left
+    seen = []
+
+    def watch(claim):  # the row's lease when it is handed to the transport
+        row, = [r for r in _rows(app) if r.id == claim.id]
+        seen.append(outbox.aware(row.claimed_until))
+
+    async def deliver_all():
+        transport = sender._transport()
+        original = transport.send
+
+        async def send(outbound_id, *args):
+            watch(next(c for c in batch if c.id == outbound_id))
+            await original(outbound_id, *args)
+
+        transport.send = send
+        report = Report()
+        claimed_at = time.monotonic() - 2 * lease + 5  # as the sender sees it: 5 s of the lease left
+        ok = await sender._deliver_batch(transport, batch, claimed_at, report, asyncio.Event())
+        await transport.close()
+        return ok, report
+
+    ok, report = asyncio.run(deliver_all())
+    assert ok and report.sent == 4 and all(r.status == "sent" for r in _rows(app))
+    assert all(until > utcnow() + timedelta(seconds=lease) for until in seen)  # renewed first
+    app.db.dispose()
+
+
 def test_a_sender_killed_mid_delivery_is_taken_over_after_restart(make_config, daemon):
     relay = RelaySink(stall=True).start()  # takes the first message's DATA and never answers
     config = make_config(outbound=relay.config(**FAST_RETRIES))
@@ -178,12 +229,12 @@ def test_a_sender_killed_mid_delivery_is_taken_over_after_restart(make_config, d
         killed = daemon(config)
         wait_for(lambda: relay.stalled == 1, message="a delivery in flight")
         killed.kill()  # SIGKILL in the middle of DATA: the row stays claimed by a dead process
-        held, = [r for r in _rows(app) if r.claimed_by]
-        assert held.status == "queued" and outbox.aware(held.claimed_until) > utcnow()
+        held = [r for r in _rows(app) if r.claimed_by]  # the batch it had claimed
+        assert held and all(r.status == "queued" and outbox.aware(r.claimed_until) > utcnow() for r in held)
         relay.stall = False
         restarted = daemon(config)  # does not wait for the lease: its owner is gone
         wait_for(lambda: all(r.status == "sent" for r in _rows(app)), timeout=10, message="delivery after restart")
-        assert any("took back 1 message" in line for line in restarted.lines)
+        assert any(f"took back {len(held)} message" in line for line in restarted.lines)
         assert relay.message_ids() == Counter({r.message_id: 1 for r in _rows(app)})
         assert restarted.stop() == 0
     finally:
@@ -221,8 +272,8 @@ def test_two_senders_never_claim_one_row_twice(make_config):
     def claimer(n: int) -> None:
         db = Database(app.config.database_url)  # its own engine and connections, like another instance
         start.wait()
-        while (claim := outbox.claim_next(db, utcnow(), 600, "x@example.com")) is not None:
-            claimed[n].append(claim.id)
+        while claims := outbox.claim_due(db, utcnow(), 600, "x@example.com", limit=5):
+            claimed[n].extend(claim.id for claim in claims)
         db.dispose()
 
     threads = [threading.Thread(target=claimer, args=(n,)) for n in range(2)]

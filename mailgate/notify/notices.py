@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlmodel import Session
 
+from mailgate.db import insert_if_absent
 from mailgate.events import Event
 from mailgate.mail.addresses import is_support_address
 from mailgate.models import Outbound, SenderNotice
@@ -49,12 +50,5 @@ def _claim(session: Session, address: str, now: datetime) -> bool:
     )
     if advanced.rowcount:
         return True
-    if session.get(SenderNotice, address) is not None:
-        return False
-    try:
-        with session.begin_nested():
-            session.add(SenderNotice(address=address, sent_at=now))
-            session.flush()
-        return True
-    except sa.exc.IntegrityError:  # another transaction told them a moment ago
-        return False
+    # False when another transaction told them a moment ago
+    return insert_if_absent(session, SenderNotice, address=address, sent_at=now)

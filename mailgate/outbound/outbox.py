@@ -1,7 +1,7 @@
-"""The outbox table as the sender sees it: claim a due row, record what became of it.
+"""The outbox table as the sender sees it: claim due rows, record what became of each.
 
-Claiming gives a row a lease (claimed_until) and an owner token (claimed_by) in one short
-transaction. On PostgreSQL the row is picked with FOR UPDATE SKIP LOCKED, so senders of
+Claiming gives a batch of rows a lease (claimed_until) and an owner token (claimed_by) in one
+short transaction. On PostgreSQL the row is picked with FOR UPDATE SKIP LOCKED, so senders of
 several instances claiming at the same moment take different rows instead of waiting on each
 other; on SQLite the transaction holds the database's write lock (BEGIN IMMEDIATE, see
 mailgate.db), which serialises claims. A result is recorded only while the lease is still
@@ -51,24 +51,37 @@ def lease_seconds(cfg: OutboundConfig) -> float:
     return cfg.timeout_seconds * LEASE_TIMEOUTS + 30
 
 
-def claim_next(db: Database, now: datetime, lease: float, fallback_sender: str) -> Claimed | None:
-    """Lease the most overdue row that nobody holds; None when nothing is due."""
+def claim_due(db: Database, now: datetime, lease: float, fallback_sender: str, limit: int = 1) -> list[Claimed]:
+    """Lease up to LIMIT of the most overdue rows that nobody holds, all in one transaction
+    and under one owner token (a claim per row cost a transaction per mail); [] when nothing
+    is due."""
     query = (
         select(Outbound)
         .where(Outbound.status == "queued", Outbound.next_attempt_at <= now,
                or_(Outbound.claimed_until.is_(None), Outbound.claimed_until < now))
-        .order_by(Outbound.next_attempt_at, Outbound.id).limit(1)
+        .order_by(Outbound.next_attempt_at, Outbound.id).limit(limit)
     )
     if not db.is_sqlite:
         query = query.with_for_update(skip_locked=True)
+    owner = owner_token()
     with db.session() as session:
-        row = session.exec(query).first()
-        if row is None:
-            return None
-        row.claimed_until, row.claimed_by = now + timedelta(seconds=lease), owner_token()
-        session.add(row)
-        return Claimed(row.id, row.recipient, row.envelope_sender or fallback_sender, row.message,
-                       row.attempts, aware(row.created_at), row.claimed_by)
+        rows = session.exec(query).all()
+        for row in rows:
+            row.claimed_until, row.claimed_by = now + timedelta(seconds=lease), owner
+            session.add(row)
+        return [Claimed(row.id, row.recipient, row.envelope_sender or fallback_sender, row.message,
+                        row.attempts, aware(row.created_at), owner) for row in rows]
+
+
+def renew(db: Database, claims: list[Claimed], until: datetime) -> list[Claimed]:
+    """Extend the leases of CLAIMS (one owner's) to UNTIL; returns those still held."""
+    if not claims:
+        return []
+    ids = [c.id for c in claims]
+    with db.session() as session:
+        session.execute(sa.update(Outbound).where(*_held(ids, claims[0].owner)).values(claimed_until=until))
+        held = set(session.exec(select(Outbound.id).where(*_held(ids, claims[0].owner))).all())
+    return [c for c in claims if c.id in held]
 
 
 def mark_sent(db: Database, claim: Claimed, now: datetime) -> bool:
@@ -83,20 +96,31 @@ def defer(db: Database, claim: Claimed, error: str, next_attempt_at: datetime) -
     return _finish(db, claim, last_error=error, next_attempt_at=next_attempt_at, attempts=claim.attempts + 1)
 
 
-def release(db: Database, claim: Claimed) -> bool:
-    """Give a row back untried (shutdown in the middle of a delivery)."""
-    return _finish(db, claim)
+def release(db: Database, claims: list[Claimed]) -> int:
+    """Give rows of one owner back untried (a shutdown or an outage before their turn)."""
+    if not claims:
+        return 0
+    with db.session() as session:
+        result = session.execute(
+            sa.update(Outbound).where(*_held([c.id for c in claims], claims[0].owner))
+            .values(claimed_until=None, claimed_by=None)
+        )
+        return result.rowcount
 
 
 def _finish(db: Database, claim: Claimed, **values) -> bool:
     """Record a result, only while CLAIM's lease is still ours; False when it was lost."""
     with db.session() as session:
         result = session.execute(
-            sa.update(Outbound)
-            .where(Outbound.id == claim.id, Outbound.claimed_by == claim.owner, Outbound.status == "queued")
+            sa.update(Outbound).where(*_held([claim.id], claim.owner))
             .values(claimed_until=None, claimed_by=None, **values)
         )
         return result.rowcount == 1
+
+
+def _held(ids: list[int], owner: str) -> tuple:
+    """The conditions for rows IDS still leased to OWNER."""
+    return Outbound.id.in_(ids), Outbound.claimed_by == owner, Outbound.status == "queued"
 
 
 def release_dead_claims(db: Database, now: datetime) -> int:

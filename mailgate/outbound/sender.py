@@ -1,7 +1,8 @@
 """The sender: empties the outbox (SPEC §7) inside `serve`, and once for `outbox flush`.
 
-A pass fails rows past the maximum age, then claims one due row at a time and hands it to
-the transport — the relay, or the outbox Maildir when no relay is configured:
+A pass fails rows past the maximum age, then claims due rows in batches (one transaction
+each; a lease of two deliveries' worth, renewed while the batch is worked) and hands them one
+by one to the transport — the relay, or the outbox Maildir when no relay is configured:
     delivered              → sent
     PermanentFailure (5xx) → failed, the reply kept in last_error
     TemporaryFailure (4xx) → queued again with backoff and jitter, failed after max_age_hours
@@ -16,6 +17,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import sqlalchemy as sa
 
@@ -31,6 +33,7 @@ from mailgate.outbound.relay import Relay
 log = logging.getLogger("mailgate.outbound")
 
 MIN_PAUSE_SECONDS = 0.05
+CLAIM_BATCH = 20  # rows leased in one transaction
 
 
 @dataclass
@@ -95,16 +98,42 @@ class Sender:
         transport = self._transport()
         try:
             while not stopping.is_set():
-                claim = await run_blocking(
-                    outbox.claim_next, self.db, utcnow(), outbox.lease_seconds(self.cfg), self.app.config.from_address,
+                claimed_at = time.monotonic()
+                batch = await run_blocking(
+                    outbox.claim_due, self.db, utcnow(), 2 * self._lease, self.app.config.from_address, CLAIM_BATCH,
                 )
-                if claim is None:
-                    break
-                if not await self._deliver(transport, claim, report):
+                if not batch or not await self._deliver_batch(transport, batch, claimed_at, report, stopping):
                     break
         finally:
             await transport.close()
         return report
+
+    async def _deliver_batch(self, transport, batch: list[outbox.Claimed], claimed_at: float,
+                             report: Report, stopping: asyncio.Event) -> bool:
+        """Deliver a claimed batch in order, renewing its lease whenever less than one
+        delivery's worth is left; rows not reached (shutdown, outage) are given back at once.
+        False when the pass should end."""
+        held_until = claimed_at + 2 * self._lease
+        pending = list(batch)
+        try:
+            while pending and not stopping.is_set():
+                if held_until - time.monotonic() < self._lease:
+                    renewed_at = time.monotonic()
+                    pending = await run_blocking(
+                        outbox.renew, self.db, pending, utcnow() + timedelta(seconds=2 * self._lease))
+                    held_until = renewed_at + 2 * self._lease
+                    continue
+                claim = pending.pop(0)
+                if not await self._deliver(transport, claim, report):
+                    return False
+            return not stopping.is_set()
+        finally:
+            if pending:
+                await run_blocking(outbox.release, self.db, pending)
+
+    @property
+    def _lease(self) -> float:
+        return outbox.lease_seconds(self.cfg)
 
     async def _deliver(self, transport, claim: outbox.Claimed, report: Report) -> bool:
         """Deliver one claimed row and record the result; False when the pass should end."""
@@ -112,7 +141,7 @@ class Sender:
         try:
             await transport.send(claim.id, claim.envelope_sender, claim.recipient, claim.message)
         except asyncio.CancelledError:
-            await run_blocking(outbox.release, self.db, claim)  # shutdown: let the next run have it
+            await run_blocking(outbox.release, self.db, [claim])  # shutdown: let the next run have it
             raise
         except PermanentFailure as e:
             self.app.metrics.send_failed(permanent=True)
