@@ -55,7 +55,7 @@ def log_lines(daemon_process, text: str) -> list[str]:
 
 def test_mail_appended_while_idling_becomes_a_ticket_and_is_moved(dovecot, daemon, make_config, cli):
     add_customer(cli)
-    path = make_config("imap.toml", imap=[mailbox(dovecot)])
+    path = make_config("imap.toml", imap=[mailbox(dovecot, poll_seconds=600)])  # within 10 s: only IDLE
     d = daemon(path)
     wait_for(lambda: log_lines(d, f"mailgate: IMAP support 127.0.0.1:{dovecot.port}/INBOX"), message="the announcement")
     wait_for(lambda: connected(d), message="the mailbox to connect")
@@ -65,9 +65,7 @@ def test_mail_appended_while_idling_becomes_a_ticket_and_is_moved(dovecot, daemo
     dovecot.append(make_message(subject="Printer on fire", body="It smokes.",
                                 extra_headers={"Return-Path": "<alice@acme.example>"}))
     assert wait_for(lambda: summaries(cli), timeout=10, message="the ticket") == ["Printer on fire"]
-    latency = time.monotonic() - appended
-    assert latency < 5, f"IDLE should bring the message at once, took {latency:.1f}s"
-    print(f"\nappended while idling: a ticket {latency:.2f}s later")
+    print(f"\nappended while idling: a ticket {time.monotonic() - appended:.2f}s later")
 
     wait_for(lambda: dovecot.count("INBOX") == 0 and dovecot.count("Processed") == 1, message="the move")
     assert state(d)["fetched"] == 1 and state(d)["last_fetch_at"]
@@ -82,6 +80,25 @@ def test_mail_appended_while_idling_becomes_a_ticket_and_is_moved(dovecot, daemo
     assert d.stop() == 0
     assert time.monotonic() - stopping < 10, "an IDLE must not hold up shutdown"
     assert "Printer on fire" not in d.output() and "It smokes" not in d.output()  # no subjects, no bodies
+
+
+def test_a_message_over_the_size_limit_is_left_in_the_folder_and_reported_once(dovecot, daemon, make_config, cli):
+    add_customer(cli)
+    big = make_message(subject="Huge scan", body="x" * 40_000, message_id="<huge@acme.example>")
+    dovecot.append([big, make_message(subject="Small one", message_id="<small-1@acme.example>")])
+    path = make_config("imap.toml", imap=[mailbox(dovecot)], smtp={"max_message_size": 20_000})
+    d = daemon(path)
+    assert wait_for(lambda: summaries(cli), message="the small one") == ["Small one"]
+    wait_for(lambda: state(d)["too_large"], message="the big one listed in /healthz")
+    (uid,) = state(d)["too_large"]
+    dovecot.append(make_message(subject="Small two", message_id="<small-2@acme.example>"))
+    wait_for(lambda: sorted(summaries(cli)) == ["Small one", "Small two"], message="the next one")
+    wait_for(lambda: dovecot.count("Processed") == 2, message="the small ones moved")
+    assert dovecot.count("INBOX") == 1  # the big one stays for the operator, never fetched
+    assert state(d)["too_large"] == [uid]
+    reported = log_lines(d, f"uid {uid} is ")
+    assert len(reported) == 1 and "over smtp.max_message_size (20000); left in INBOX" in reported[0]
+    assert d.stop() == 0
 
 
 def test_a_hundred_waiting_messages_are_processed_once_each(dovecot, daemon, make_config, cli):
@@ -154,7 +171,7 @@ def test_the_poller_survives_a_dovecot_crash(dovecot, daemon, make_config, cli):
     """A crashed server says no BYE: the poller must notice the closed connection by itself."""
     add_customer(cli)
     d = daemon(make_config("imap.toml", imap=[mailbox(dovecot)]))
-    wait_for(lambda: connected(d), message="the mailbox to connect")
+    wait_for(lambda: connected(d) and state(d)["activity"] == "waiting", message="the mailbox to idle")
     dovecot.kill()
     wait_for(lambda: state(d)["status"] == "disconnected", timeout=10, message="the poller to notice")
     dovecot.start()

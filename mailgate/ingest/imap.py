@@ -69,10 +69,12 @@ class MailboxState:
 
     status: str = "starting"  # starting, connected, disconnected, login failed, stopped
     mode: str = ""  # idle or poll, once connected
+    activity: str = ""  # fetching (the folder is being worked through) or waiting (for new mail)
     last_error: str | None = None
     last_fetch_at: str | None = None
     fetched: int = 0
     failures: int = 0  # failed sessions in a row; reset once a session has synced the folder
+    too_large: list[int] | None = None  # UIDs over smtp.max_message_size, left in the folder
 
 
 @dataclass
@@ -174,6 +176,7 @@ class Poller:
                 await _wait(stopping, _backoff(incomplete))
 
     async def _wait_for_mail(self, session: Session, stopping: asyncio.Event) -> None:
+        self.state.activity = "waiting"
         if session.idle:
             await self._idle(session.client, stopping)
         else:
@@ -206,14 +209,17 @@ class Poller:
         """Spool and move away every message waiting in the folder. False when some could not
         be spooled or moved now: they stay on the server and are tried again."""
         tried: set[int] = set()
+        self.state.activity = "fetching"
         try:
             # Until a search finds nothing new: mail that arrived meanwhile was announced in the
             # replies to our own commands (imaplib keeps those to itself), not to the next IDLE.
-            while uids := [uid for uid in await self._blocking(_waiting, session.client) if uid not in tried]:
+            while uids := [uid for uid in await self._blocking(_waiting, session.client, self._max_size)
+                           if uid not in tried]:
                 if stopping.is_set():
                     break
                 tried.update(uids)
                 await self._take(session, uids, stopping)
+            await self._report_too_large(session)
         except SpoolError as e:
             return self._sync_failed(f"the spool cannot take mail: {e.strerror}")
         except IMAPClientAbortError:
@@ -222,6 +228,20 @@ class Poller:
             return self._sync_failed(f"the server refused: {_describe(e)}")
         self._sync_done()
         return True
+
+    @property
+    def _max_size(self) -> int:
+        return self.app.config.smtp.max_message_size  # one limit for every inbound path
+
+    async def _report_too_large(self, session: Session) -> None:
+        """Messages over the size limit are never fetched (the search leaves them out): they
+        stay in the folder for the operator, each logged once and listed in /healthz."""
+        uids = await self._blocking(_too_large, session.client, self._max_size)
+        for uid, size in sorted(uids.items()):
+            if uid not in (self.state.too_large or []):
+                log.error("IMAP %s: uid %d is %d bytes, over smtp.max_message_size (%d); left in %s",
+                          self.name, uid, size, self._max_size, self.box.folder)
+        self.state.too_large = sorted(uids) or None
 
     async def _take(self, session: Session, uids: list[int], stopping: asyncio.Event) -> None:
         """Spool UIDS one by one, moving them away in batches as they are spooled."""
@@ -279,7 +299,7 @@ class Poller:
     def _down(self, status: str, error: Exception) -> None:
         text = _describe(error)
         was = self.state.status
-        self.state.status, self.state.last_error = status, text
+        self.state.status, self.state.last_error, self.state.activity = status, text, ""
         self.state.failures += 1
         if self._down_since is None:
             self._down_since = time.monotonic()
@@ -352,14 +372,23 @@ def _login(client: IMAPClient, box: ImapConfig) -> None:
         raise LoginFailed(str(e)) from None
 
 
-def _waiting(client: IMAPClient) -> list[int]:
-    """UIDs of the messages in the selected folder, oldest first. Messages flagged \\Deleted
-    are on their way out (ours after a crash before the expunge, or a person's)."""
+def _waiting(client: IMAPClient, max_size: int) -> list[int]:
+    """UIDs of the messages in the selected folder that are not over MAX_SIZE, oldest first.
+    Messages flagged \\Deleted are on their way out (ours after a crash before the expunge,
+    or a person's)."""
     # imaplib keeps every untagged reply it is not asked about (EXISTS, EXPUNGE, COPYUID, …)
     # for the life of the connection; between commands nothing needs them.
     client._imap.untagged_responses.clear()
     client.noop()  # lets the server tell about mail that arrived since the last command
-    return sorted(client.search(["NOT", "DELETED"]))
+    return sorted(client.search(["NOT", "DELETED", "NOT", "LARGER", str(max_size)]))
+
+
+def _too_large(client: IMAPClient, max_size: int) -> dict[int, int]:
+    """UID → size of the messages in the selected folder over MAX_SIZE bytes."""
+    uids = client.search(["NOT", "DELETED", "LARGER", str(max_size)])
+    if not uids:
+        return {}
+    return {uid: data.get(b"RFC822.SIZE", 0) for uid, data in client.fetch(uids, ["RFC822.SIZE"]).items()}
 
 
 def _move_away(session: Session, uids: list[int], folder: str) -> None:
