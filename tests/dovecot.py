@@ -40,6 +40,7 @@ default_internal_user = dovecot
 default_internal_group = dovecot
 first_valid_uid = 500
 mail_location = maildir:~/Maildir
+{capability}
 passdb {{
   driver = passwd-file
   args = {base}/passwd
@@ -79,8 +80,9 @@ class Dovecot:
     With tls=True it has a self-signed certificate (`cert`, for clients' ca_file), offers
     STARTTLS on `port` and implicit TLS on `tls_port`."""
 
-    def __init__(self, users: dict[str, str], tls: bool = False):
+    def __init__(self, users: dict[str, str], tls: bool = False, capability: str | None = None):
         self.users = dict(users)
+        self.capability = capability
         self.base = Path(tempfile.mkdtemp(prefix="dv", dir="/tmp"))
         self.port = _free_port()
         self.tls_port = _free_port() if tls else 0
@@ -101,8 +103,9 @@ class Dovecot:
             _self_signed(self.cert, self.base / "key.pem")
         conf = self.base / "dovecot.conf"
         tls_settings = (WITH_TLS if self.cert else NO_TLS).format(base=self.base)
+        capability = f"imap_capability = {self.capability}" if self.capability else ""
         conf.write_text(CONF.format(base=self.base, port=self.port, tls_port=self.tls_port, ssl=tls_settings,
-                                    instance=f"mgtest-{uuid.uuid4().hex[:8]}"))
+                                    instance=f"mgtest-{uuid.uuid4().hex[:8]}", capability=capability))
         return conf
 
     def start(self, timeout: float = 20.0) -> "Dovecot":
@@ -213,10 +216,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _running(tls: bool):
+def _running(tls: bool, capability: str | None = None):
     if dovecot_binary() is None:
         pytest.skip("dovecot is not installed (apt-get install dovecot-imapd; scripts/test.sh does it)")
-    server = Dovecot(USERS, tls=tls)
+    server = Dovecot(USERS, tls=tls, capability=capability)
     try:
         server.start()
         yield server
@@ -228,6 +231,13 @@ def _running(tls: bool):
 def dovecot():
     """A started private Dovecot with the users of USERS; removed at the end."""
     yield from _running(tls=False)
+
+
+@pytest.fixture
+def dovecot_basic():
+    """One that advertises only IMAP4rev1 after login: no MOVE, UIDPLUS or IDLE, as older or
+    smaller servers do (Dovecot's imap_capability replaces the list it announces)."""
+    yield from _running(tls=False, capability="IMAP4rev1 LITERAL+ SASL-IR ID ENABLE")
 
 
 @pytest.fixture

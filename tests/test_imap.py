@@ -16,7 +16,7 @@ from sqlmodel import select
 from mailgate import config as config_module
 from mailgate.app import App
 from mailgate.models import Inbound
-from tests.dovecot import dovecot, dovecot_tls  # noqa: F401  (fixtures)
+from tests.dovecot import dovecot, dovecot_basic, dovecot_tls  # noqa: F401  (fixtures)
 from tests.support import add_customer, cli_json, make_message, wait_for
 
 pytestmark = pytest.mark.slow
@@ -223,6 +223,22 @@ def test_polling_when_idle_is_off(dovecot, daemon, make_config, cli):
     dovecot.append(make_message(subject="Found by polling"))
     wait_for(lambda: summaries(cli) == ["Found by polling"], timeout=10, message="the ticket")
     wait_for(lambda: dovecot.count("INBOX") == 0 and dovecot.count("Processed") == 1, message="the move")
+    assert d.stop() == 0
+
+
+def test_a_server_without_move_uidplus_or_idle_gets_copy_delete_expunge_and_polling(dovecot_basic, daemon,
+                                                                                    make_config, cli):
+    add_customer(cli)
+    capabilities = dovecot_basic.client().capabilities()
+    assert not {b"MOVE", b"UIDPLUS", b"IDLE"} & set(capabilities)
+    dovecot_basic.append([make_message(subject=f"Old {i}", message_id=f"<old-{i}@acme.example>") for i in range(3)])
+    d = daemon(make_config("imap.toml", imap=[mailbox(dovecot_basic, poll_seconds=0.5)]))
+    wait_for(lambda: connected(d), message="the mailbox to connect")
+    assert state(d)["mode"] == "poll"
+    dovecot_basic.append(make_message(subject="New", message_id="<new@acme.example>"))
+    wait_for(lambda: sorted(summaries(cli)) == ["New", "Old 0", "Old 1", "Old 2"], message="the tickets")
+    wait_for(lambda: dovecot_basic.total("INBOX") == 0 and dovecot_basic.count("Processed") == 4,
+             message="COPY, \\Deleted and EXPUNGE")
     assert d.stop() == 0
 
 
