@@ -24,6 +24,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import tomli_w
+
 REPO = Path(__file__).resolve().parent.parent
 SUPPORT = "support@example.com"
 SECRET = "bench-secret-not-for-production"
@@ -85,24 +87,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def toml(data: dict) -> str:
-    def value(v) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    lines = []
-    for section, values in data.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {value(v)}" for k, v in values.items()]
-        lines.append("")
-    return "\n".join(lines)
-
-
 def write_config(workdir: Path, database_url: str, *, smtp_port: int = 0, max_message_size: int | None = None,
                  log_level: str = "WARNING", extra: dict | None = None) -> Path:
     smtp = {"host": "127.0.0.1", "port": smtp_port, "hostname": "mailgate.bench.example"}
@@ -122,7 +106,7 @@ def write_config(workdir: Path, database_url: str, *, smtp_port: int = 0, max_me
     for section, values in (extra or {}).items():
         data.setdefault(section, {}).update(values)
     path = workdir / "mailgate.toml"
-    path.write_text(toml(data))
+    path.write_text(tomli_w.dumps(data))
     return path
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
+import tomli_w
 
 PG_ADMIN_URL = os.environ.get("MAILGATE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 SECRET = "test-secret-not-for-production"
@@ -51,32 +52,8 @@ def write_config(path: Path, state_dir: Path, database_url: str, sections: dict)
             base[name] = values
         else:
             base.setdefault(name, {}).update(values)
-    path.write_text(to_toml(base))
+    path.write_text(tomli_w.dumps(base))
     return path
-
-
-def to_toml(data: dict) -> str:
-    lines = []
-    for section, values in data.items():
-        if isinstance(values, list):
-            for table in values:
-                lines.append(f"[[{section}]]")
-                lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
-        else:
-            lines.append(f"[{section}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
