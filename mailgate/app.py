@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
 
+from mailgate import config as config_module
 from mailgate.blobs import BlobStore
 from mailgate.config import Config
 from mailgate.db import Database
 from mailgate.signing import Signer, load_secret
 from mailgate.spool import Spool
+
+log = logging.getLogger("mailgate")
+
+# Sections that take effect only at start: they name sockets, files and the database.
+RESTART_ONLY = ("database", "storage", "smtp", "http", "imap", "security", "processing")
 
 
 @dataclass
@@ -49,9 +57,24 @@ class App:
 
         return Metrics(self)
 
-    def reload_templates(self) -> None:
-        """Recompile the templates with the current config (SIGHUP)."""
-        self.__dict__.pop("renderer", None)
+    def reload(self) -> bool:
+        """SIGHUP: read the config file again and take what can change without a restart;
+        recompile the templates. False when the new file is refused (the old config stays)."""
+        old = self.config
+        try:
+            new = config_module.load(old.source) if old.source else old
+        except config_module.ConfigError as e:
+            log.error("reload refused, keeping the running config: %s", e)
+            return False
+        kept = {name: getattr(old, name) for name in RESTART_ONLY}
+        for name, value in kept.items():
+            if getattr(new, name) != value:
+                log.warning("reload: [%s] changed; it takes effect at the next restart", name)
+        self.config = dataclasses.replace(new, **kept)
+        self.__dict__.pop("renderer", None)  # recompiled at first use
+        logging.getLogger().setLevel(self.config.logging.level.upper())
+        log.info("reloaded %s", old.source or "the embedded defaults")
+        return True
 
     def warm_up(self) -> "App":
         """Do at start what the first message would otherwise do inside its transaction (which,

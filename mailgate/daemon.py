@@ -1,5 +1,6 @@
 """`mailgate serve`: the listeners, the processor, the sender, the mailboxes and the timers on
-one event loop.
+one event loop (processing in worker processes instead with `[processing] processes`, see
+mailgate.workers).
 
 Startup prepares the state directory and schema, binds the listeners, says what it listens
 on, and tells systemd READY=1 (then pings its watchdog from the loop, so a blocked loop is
@@ -11,11 +12,10 @@ bounds. SIGHUP: reload the config file (what can change without a restart) and t
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import signal
 
-from mailgate import config as config_module, sdnotify
+from mailgate import sdnotify
 from mailgate.aio import wait_any
 from mailgate.app import App
 from mailgate.db import run_blocking
@@ -23,25 +23,26 @@ from mailgate.http import server as http_server
 from mailgate.ingest import imap, smtp
 from mailgate.outbound.sender import Sender
 from mailgate.processor import Processor
+from mailgate.workers import WorkerPool
 
 log = logging.getLogger("mailgate.daemon")
 
 SMTP_GRACE_SECONDS = 10  # a message being handed over when SIGTERM comes is finished within this
 SHUTDOWN_GRACE_SECONDS = 20
 IMAP_STOP_SECONDS = 10  # an IDLE notices `stopping` within a second; a fetch may take longer
-# Sections that take effect only at start: they name sockets, files and the database.
-RESTART_ONLY = ("database", "storage", "smtp", "http", "imap", "security")
 
 
 class Daemon:
     def __init__(self, app: App):
         self.app = app
         self.stopping = asyncio.Event()
-        self.processor = Processor(app)
+        processes = app.config.processing.processes
+        self.pool = WorkerPool(app, processes) if processes > 1 else None
+        self.processing = self.pool or Processor(app)
         self.sender = Sender(app)
         app.on_outbound_queued = self.sender.wake_threadsafe  # mail queued → sent now, not at the next poll
-        self.mailboxes = imap.Pollers(app, self.processor.wake.set)
-        self.listener = smtp.Listener(app, self.processor.wake.set)
+        self.mailboxes = imap.Pollers(app, self.processing.on_spooled)
+        self.listener = smtp.Listener(app, self.processing.on_spooled)
         self.servers: list = []
         self.http_runner = None
 
@@ -49,7 +50,7 @@ class Daemon:
         await self._start_listeners()
         self._start_mailboxes()
         tasks = {
-            "processing": asyncio.create_task(self.processor.run(self.stopping)),
+            "processing": asyncio.create_task(self.processing.run(self.stopping)),
             "sending": asyncio.create_task(self.sender.run(self.stopping)),
         }
         background = [asyncio.create_task(self._lifecycle()), asyncio.create_task(self._watchdog())]
@@ -71,21 +72,10 @@ class Daemon:
         return 0
 
     def reload(self) -> None:
-        """SIGHUP: the config that can change without a restart, and the templates."""
-        old = self.app.config
-        try:
-            new = config_module.load(old.source) if old.source else old
-        except config_module.ConfigError as e:
-            log.error("reload refused, keeping the running config: %s", e)
-            return
-        kept = {name: getattr(old, name) for name in RESTART_ONLY}
-        for name, value in kept.items():
-            if getattr(new, name) != value:
-                log.warning("reload: [%s] changed; it takes effect at the next restart", name)
-        self.app.config = dataclasses.replace(new, **kept)
-        self.app.reload_templates()
-        logging.getLogger().setLevel(self.app.config.logging.level.upper())
-        log.info("reloaded %s", old.source or "the embedded defaults")
+        """SIGHUP: the config that can change without a restart, and the templates — here
+        and in the processing worker processes."""
+        if self.app.reload() and self.pool is not None:
+            self.pool.reload()
 
     async def _lifecycle(self) -> None:
         """The lifecycle pass of SPEC §6, every `lifecycle.interval_seconds`."""

@@ -111,10 +111,11 @@ class Pipeline:
         self._log(inbound, result, started)
         return result
 
-    def quarantine(self, spool_id: str, envelope: Envelope, raw: bytes, error: str) -> Result:
-        """Keep a message that failed too often: raw stored, listed, reprocessable."""
+    def quarantine(self, spool_id: str, envelope: Envelope, raw: bytes, error: str, parse: bool = True) -> Result:
+        """Keep a message that failed too often: raw stored, listed, reprocessable. PARSE
+        False records it without reading it (for a message that kills the process)."""
         digest = self.app.blobs.put(raw)
-        parsed, _ = _try_parse(raw, self.limits)
+        parsed = _try_parse(raw, self.limits)[0] if parse else None
         with self.app.db.session() as session:
             done = session.exec(select(Inbound).where(Inbound.spool_id == spool_id)).first()
             if done is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 import sqlalchemy as sa
 import tenacity
@@ -24,6 +25,9 @@ from mailgate.spool import Claim
 log = logging.getLogger("mailgate.processor")
 
 ORPHAN_SCAN_SECONDS = 60
+# A message in hand when its worker process died this often is quarantined unparsed (only with
+# [processing] processes > 1, where the daemon sees a worker die; see mailgate.workers).
+MAX_DEATHS = 3
 
 
 class Transient(Exception):
@@ -39,19 +43,29 @@ def is_transient(error: BaseException) -> bool:
 
 
 class Processor:
-    def __init__(self, app: App, pipeline: Pipeline | None = None):
+    def __init__(self, app: App, pipeline: Pipeline | None = None,
+                 in_hand: Callable[[str, bool], None] | None = None):
         self.app = app
+        self.in_hand = in_hand  # (spool_id, True) when claimed, (spool_id, False) when let go
         self.spool = app.spool
         self.pipeline = pipeline or Pipeline(app)
         self.max_attempts = app.config.processing.max_attempts
         self.wake = asyncio.Event()
         self._outage = False
 
+    def on_spooled(self) -> None:
+        """A message is in the spool (the listener and the mailboxes call this)."""
+        self.wake.set()
+
     # --- one message (blocking; also used by `mailgate deliver`) -----------------------
 
     def handle(self, claim: Claim) -> Result | None:
         """Process a claimed message. Returns its result, or None when it was put back to be
         tried again; raises Transient (the claim kept) when the database is unavailable."""
+        if claim.envelope.deaths >= MAX_DEATHS:
+            # Not parsed again: parsing may be what kills the process.
+            return self._quarantine(claim, f"a processing worker process died {claim.envelope.deaths} times "
+                                           "with this message in hand", parse=False)
         try:
             result = self.pipeline.process(claim.spool_id, claim.envelope, claim.raw)
         except Exception as e:
@@ -72,9 +86,9 @@ class Processor:
         claim.envelope.attempts = attempts
         return self._quarantine(claim, text)
 
-    def _quarantine(self, claim: Claim, text: str) -> Result:
+    def _quarantine(self, claim: Claim, text: str, parse: bool = True) -> Result:
         try:
-            result = self.pipeline.quarantine(claim.spool_id, claim.envelope, claim.raw, text)
+            result = self.pipeline.quarantine(claim.spool_id, claim.envelope, claim.raw, text, parse)
         except Exception as e:
             if is_transient(e):
                 raise Transient(str(e).splitlines()[0]) from e
@@ -117,6 +131,8 @@ class Processor:
             claim = await run_blocking(self.spool.claim, spool_id)
             if claim is None:
                 continue
+            if self.in_hand:
+                self.in_hand(spool_id, True)
             try:
                 await self._handle_with_retry(claim, stopping)
             except Exception as e:
@@ -125,6 +141,8 @@ class Processor:
                 log.error("processing spool_id=%s failed, left in the spool: %s", spool_id, _one_line(e))
                 log.debug("processing spool_id=%s failed", spool_id, exc_info=True)
                 claim.close()
+            if self.in_hand:
+                self.in_hand(spool_id, False)
             handled += 1
         return handled
 

@@ -49,6 +49,7 @@ class Envelope:
     source: str = "smtp"  # smtp, lmtp, imap, pipe
     received_at: str = field(default_factory=lambda: utcnow().isoformat())
     attempts: int = 0
+    deaths: int = 0  # processing worker processes that died with this message in hand
 
 
 @dataclass
@@ -180,16 +181,17 @@ class Spool:
         _unlink_quietly(claim.path)
         claim.close()
 
-    def release(self, claim: Claim, count_attempt: bool = True) -> None:
-        """Put a claimed message back into new/ to be tried again."""
+    def release(self, claim: Claim, count_attempt: bool = True, rewrite: bool = False) -> None:
+        """Put a claimed message back into new/ to be tried again (its envelope rewritten when
+        an attempt is counted or REWRITE says the caller changed it)."""
         try:
             if count_attempt:
                 claim.envelope.attempts += 1
+            if count_attempt or rewrite:
                 try:
                     self._rewrite_header(claim)
                 except OSError:
-                    # Cannot rewrite (disk full?): put it back uncounted rather than not at all.
-                    claim.envelope.attempts -= 1
+                    pass  # cannot rewrite (disk full?): put it back uncounted rather than not at all
             os.rename(claim.path, self.new / claim.spool_id)
             _fsync_dir(self.new)
         finally:
@@ -219,29 +221,39 @@ class Spool:
             except OSError:
                 pass
         for name in _listdir(self.cur):
-            path = self.cur / name
-            try:
-                f = open(path, "rb")
-            except FileNotFoundError:
-                continue
-            with f:
-                if now - os.fstat(f.fileno()).st_ctime < min_age:
-                    continue
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    continue  # a live processor holds it
-                if not _same_file(f, path):
-                    continue  # released or recovered by someone else meanwhile
-                try:
-                    envelope, raw = _read(f)
-                except UnreadableSpoolFile as e:
-                    self._set_aside(path, e)
-                    continue
-                claim = Claim(name, path, envelope, raw, None)
-                self.release(claim)
-                recovered += 1
+            recovered += self._recover(name, min_age, now)
         return recovered
+
+    def note_death(self, spool_id: str) -> bool:
+        """The worker process that held SPOOL_ID died: count it and put the message back into
+        new/ (False when it is not orphaned in cur/, e.g. it was finished after all)."""
+        return bool(self._recover(spool_id, 0, time.time(), death=True))
+
+    def _recover(self, name: str, min_age: float, now: float, death: bool = False) -> int:
+        """Return one orphaned cur/ file to new/, counting an attempt (or a death); 1 if done."""
+        path = self.cur / name
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            return 0
+        with f:
+            if now - os.fstat(f.fileno()).st_ctime < min_age:
+                return 0
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return 0  # a live processor holds it
+            if not _same_file(f, path):
+                return 0  # released or recovered by someone else meanwhile
+            try:
+                envelope, raw = _read(f)
+            except UnreadableSpoolFile as e:
+                self._set_aside(path, e)
+                return 0
+            if death:
+                envelope.deaths += 1
+            self.release(Claim(name, path, envelope, raw, None), count_attempt=not death, rewrite=death)
+            return 1
 
     def _set_aside(self, path: Path, error: Exception) -> None:
         bad = self.root / "bad"
