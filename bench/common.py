@@ -258,8 +258,9 @@ class Serve:
         return "".join(self.lines[-last:])
 
     def status(self, key: str) -> int:
-        """A /proc/PID/status value in bytes (VmRSS, VmHWM)."""
-        return proc_status(self.pid, key)
+        """A /proc/PID/status value in bytes (VmRSS, VmHWM), summed over serve and its worker
+        processes ([processing] processes > 1): for VmHWM an upper bound of the peak of the sum."""
+        return sum(proc_status(pid, key) for pid in [self.pid, *children(self.pid)])
 
     def stop(self, timeout: float = 60) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
@@ -284,6 +285,19 @@ class Serve:
         self.stop()
         if self.proc in _children:
             _children.remove(self.proc)
+
+
+def children(pid: int) -> list[int]:
+    """The PIDs whose parent is PID."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
 
 
 def proc_status(pid: int, key: str) -> int:
