@@ -10,6 +10,7 @@ message never blocks the ones behind it. (Mailman's core/runner.py, in small.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Callable
 
@@ -51,6 +52,7 @@ class Processor:
         self.pipeline = pipeline or Pipeline(app)
         self.max_attempts = app.config.processing.max_attempts
         self.wake = asyncio.Event()
+        self._isolation = _Isolation()
         self._outage = False
 
     def on_spooled(self) -> None:
@@ -131,20 +133,29 @@ class Processor:
             claim = await run_blocking(self.spool.claim, spool_id)
             if claim is None:
                 continue
-            if self.in_hand:
-                self.in_hand(spool_id, True)
             try:
-                await self._handle_with_retry(claim, stopping)
+                async with self._isolation.slot(alone=claim.envelope.deaths > 0):
+                    with self._in_hand(spool_id):
+                        await self._handle_with_retry(claim, stopping)
             except Exception as e:
                 # Not even quarantining worked. The worker must live on for the messages behind
                 # this one; the message stays in cur/, where the orphan scan finds it again.
                 log.error("processing spool_id=%s failed, left in the spool: %s", spool_id, _one_line(e))
                 log.debug("processing spool_id=%s failed", spool_id, exc_info=True)
                 claim.close()
-            if self.in_hand:
-                self.in_hand(spool_id, False)
             handled += 1
         return handled
+
+    @contextlib.contextmanager
+    def _in_hand(self, spool_id: str):
+        """Tell IN_HAND while a message is being worked (not while it waits its turn)."""
+        if self.in_hand:
+            self.in_hand(spool_id, True)
+        try:
+            yield
+        finally:
+            if self.in_hand:
+                self.in_hand(spool_id, False)
 
     async def _handle_with_retry(self, claim: Claim, stopping: asyncio.Event) -> None:
         """Handle CLAIM, waiting out a database outage — but not a shutdown: then the message
@@ -190,6 +201,38 @@ class Processor:
             if recovered:
                 log.warning("recovered %d message(s) left in progress by a process that died", recovered)
                 self.wake.set()
+
+
+class _Isolation:
+    """A message that was in hand when a worker process died is processed alone in its process:
+    if it kills the process again, it takes no innocent neighbour along (which would otherwise
+    collect deaths too, claimed next to it time after time). Other messages wait meanwhile."""
+
+    def __init__(self):
+        self._changed = asyncio.Condition()
+        self._running = 0
+        self._alone = False
+        self._waiting_alone = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self, alone: bool):
+        async with self._changed:
+            if alone:
+                self._waiting_alone += 1
+                await self._changed.wait_for(lambda: not self._alone and self._running == 0)
+                self._waiting_alone -= 1
+                self._alone = True
+            else:
+                await self._changed.wait_for(lambda: not self._alone and not self._waiting_alone)
+            self._running += 1
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._running -= 1
+                if alone:
+                    self._alone = False
+                self._changed.notify_all()
 
 
 def _one_line(error: BaseException) -> str:

@@ -31,10 +31,12 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import tenacity
 
 from mailgate import config as config_module
+from mailgate.aio import wait_any
 from mailgate.app import App
 from mailgate.db import run_blocking
 from mailgate.processor import MAX_DEATHS, Processor
@@ -42,7 +44,15 @@ from mailgate.processor import MAX_DEATHS, Processor
 log = logging.getLogger("mailgate.workers")
 
 STOP_SECONDS = 20  # a child finishes the message in hand within this, else it is killed
+HEALTHY_SECONDS = 60  # a child that lived this long died of something new: restart at once
 _RESTART = tenacity.wait_exponential_jitter(multiplier=0.5, max=30, jitter=0.5)
+
+
+def _backoff(deaths: int) -> float:
+    """Seconds before restarting a child after DEATHS quick deaths in a row."""
+    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
+    state.attempt_number = deaths
+    return _RESTART(state)
 
 
 class WorkerPool:
@@ -71,34 +81,38 @@ class WorkerPool:
             else:
                 self._reload_when_ready.add(pid)
 
-    @property
-    def pids(self) -> list[int]:
-        return sorted(self._children)
-
     async def run(self, stopping: asyncio.Event) -> None:
         await asyncio.gather(*(self._keep_running(n, stopping) for n in range(self.count)))
 
     async def _keep_running(self, n: int, stopping: asyncio.Event) -> None:
-        """Child number N, started again (with backoff) whenever it dies, until STOPPING."""
+        """Child number N, started again whenever it ends, until STOPPING; the backoff grows
+        while children die young and starts over after one that lived a while."""
         deaths = 0
         while not stopping.is_set():
-            child = await self._start()
-            code = await self._supervise(child, stopping)
-            held = self._in_hand.pop(child.pid, set())
+            started = time.monotonic()
+            try:
+                child = await self._start()
+            except OSError as e:
+                log.error("cannot start processing worker %d: %s", n, e)
+                code, held = None, set()
+            else:
+                code = await self._supervise(child, stopping)
+                held = self._in_hand.pop(child.pid, set())
+            if code == 0:  # it was told to stop (systemd signals the whole group): so are we, soon
+                await wait_any(stopping, timeout=STOP_SECONDS)
             if stopping.is_set():
                 break
-            deaths += 1
-            log.error("processing worker %d (pid %d) exited with %s; starting another", n, child.pid, code)
-            for spool_id in sorted(held):
-                if await run_blocking(self.app.spool.note_death, spool_id):
-                    log.error("spool_id=%s was in hand when worker pid %d died; put back (it is quarantined "
-                              "after %d such deaths)", spool_id, child.pid, MAX_DEATHS)
-            state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
-            state.attempt_number = deaths
-            try:
-                await asyncio.wait_for(stopping.wait(), _RESTART(state))
-            except asyncio.TimeoutError:
-                pass
+            deaths = 1 if time.monotonic() - started > HEALTHY_SECONDS else deaths + 1
+            if code is not None:
+                log.error("processing worker %d (pid %d) exited with %s; starting another", n, child.pid, code)
+            await self._count_deaths(held, child.pid if code is not None else 0)
+            await wait_any(stopping, timeout=_backoff(deaths))
+
+    async def _count_deaths(self, spool_ids: set[str], pid: int) -> None:
+        for spool_id in sorted(spool_ids):
+            if await run_blocking(self.app.spool.note_death, spool_id):
+                log.error("spool_id=%s was in hand when worker pid %d died; put back (it is quarantined "
+                          "after %d such deaths)", spool_id, pid, MAX_DEATHS)
 
     async def _start(self) -> asyncio.subprocess.Process:
         source = self.app.config.source
