@@ -94,18 +94,18 @@ class WorkerPool:
                 child = await self._start()
             except OSError as e:
                 log.error("cannot start processing worker %d: %s", n, e)
-                code, held = None, set()
+                pid, code, held = None, None, set()
             else:
-                code = await self._supervise(child, stopping)
-                held = self._in_hand.pop(child.pid, set())
+                pid, code = child.pid, await self._supervise(child, stopping)
+                held = self._in_hand.pop(pid, set())
             if code == 0:  # it was told to stop (systemd signals the whole group): so are we, soon
                 await wait_any(stopping, timeout=STOP_SECONDS)
             if stopping.is_set():
                 break
             deaths = 1 if time.monotonic() - started > HEALTHY_SECONDS else deaths + 1
-            if code is not None:
-                log.error("processing worker %d (pid %d) exited with %s; starting another", n, child.pid, code)
-            await self._count_deaths(held, child.pid if code is not None else 0)
+            if pid is not None:
+                log.error("processing worker %d (pid %d) exited with %s; starting another", n, pid, code)
+                await self._count_deaths(held, pid)
             await wait_any(stopping, timeout=_backoff(deaths))
 
     async def _count_deaths(self, spool_ids: set[str], pid: int) -> None:
