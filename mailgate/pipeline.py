@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from datetime import datetime, timedelta
 
 from sqlmodel import Session, func, select
@@ -33,6 +34,11 @@ from mailgate.spool import Envelope
 from mailgate.tickets import service
 
 log = logging.getLogger("mailgate.inbound")
+
+
+class Deferred(Exception):
+    """The message answers mail that is not in the database yet but may still be waiting in
+    the spool: try it again once the older mail is done (rolled back, nothing written)."""
 
 
 @dataclass
@@ -68,8 +74,11 @@ class Pipeline:
 
     # --- entry points ------------------------------------------------------------------
 
-    def process(self, spool_id: str, envelope: Envelope, raw: bytes) -> Result:
-        """Process one spooled message; idempotent per spool id (a crash may repeat it)."""
+    def process(self, spool_id: str, envelope: Envelope, raw: bytes,
+                may_defer: Callable[[], bool] | None = None) -> Result:
+        """Process one spooled message; idempotent per spool id (a crash may repeat it).
+        MAY_DEFER, when given, is asked before a message whose references find no ticket
+        becomes a new ticket; True raises Deferred."""
         started = time.monotonic()
         with self.app.db.read_session() as session:  # no write lock for "already done?"
             done = session.exec(select(Inbound).where(Inbound.spool_id == spool_id)).first()
@@ -83,7 +92,7 @@ class Pipeline:
             if original is not None:
                 decision = _Decision("duplicate", ticket=_ticket(session, original.ticket_id))
             else:
-                decision = self._decide(session, inbound, envelope, parsed, parse_error)
+                decision = self._decide(session, inbound, envelope, parsed, parse_error, may_defer)
             result = self._finish(session, inbound, decision)
             failpoints.hit("before_commit", raw)
         failpoints.hit("after_commit", raw)
@@ -129,7 +138,7 @@ class Pipeline:
 
     # --- the stages --------------------------------------------------------------------
 
-    def _decide(self, session, inbound, envelope, parsed, parse_error) -> _Decision:
+    def _decide(self, session, inbound, envelope, parsed, parse_error, may_defer=None) -> _Decision:
         failpoints.hit("pipeline", parsed and parsed.subject.encode() or b"")
         if parsed is None:
             return _Decision("quarantined", error=parse_error)
@@ -144,6 +153,10 @@ class Pipeline:
         if self._unauthenticated(parsed):
             return _Decision("rejected_unauthenticated", error="no DMARC or aligned DKIM pass from the trusted MTA")
         ticket = self._referenced_ticket(session, parsed, contact)
+        if ticket is None and (parsed.in_reply_to or parsed.references) and may_defer and may_defer():
+            # Worked beside the mail it answers (a backlog, several workers), a reply would
+            # otherwise open a ticket of its own when it commits first.
+            raise Deferred()
         now = utcnow()
         if ticket is not None and ticket.status != "closed":
             return self._comment(session, inbound, parsed, contact, ticket, now)

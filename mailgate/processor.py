@@ -20,7 +20,7 @@ import tenacity
 from mailgate.aio import wait_any
 from mailgate.app import App
 from mailgate.db import run_blocking
-from mailgate.pipeline import Pipeline, Result
+from mailgate.pipeline import Deferred, Pipeline, Result
 from mailgate.spool import Claim
 
 log = logging.getLogger("mailgate.processor")
@@ -29,6 +29,9 @@ ORPHAN_SCAN_SECONDS = 60
 # A message in hand when its worker process died this often is quarantined unparsed (only with
 # [processing] processes > 1, where the daemon sees a worker die; see mailgate.workers).
 MAX_DEATHS = 3
+# A reply whose ticket is not found while older mail is still in the spool waits for it at
+# most this many times (each until the next pass over the spool, a second at most when idle).
+MAX_DEFERRALS = 20
 
 
 class Transient(Exception):
@@ -61,15 +64,22 @@ class Processor:
 
     # --- one message (blocking; also used by `mailgate deliver`) -----------------------
 
-    def handle(self, claim: Claim) -> Result | None:
+    def handle(self, claim: Claim, may_defer: bool = False) -> Result | None:
         """Process a claimed message. Returns its result, or None when it was put back to be
-        tried again; raises Transient (the claim kept) when the database is unavailable."""
+        tried again; raises Transient (the claim kept) when the database is unavailable.
+        MAY_DEFER lets a reply whose ticket is not found yet wait for older spooled mail."""
         if claim.envelope.deaths >= MAX_DEATHS:
             # Not parsed again: parsing may be what kills the process.
             return self._quarantine(claim, f"a processing worker process died {claim.envelope.deaths} times "
                                            "with this message in hand", parse=False)
+        older_first = (lambda: claim.envelope.deferrals < MAX_DEFERRALS
+                       and self.spool.has_older(claim.spool_id)) if may_defer else None
         try:
-            result = self.pipeline.process(claim.spool_id, claim.envelope, claim.raw)
+            result = self.pipeline.process(claim.spool_id, claim.envelope, claim.raw, older_first)
+        except Deferred:
+            claim.envelope.deferrals += 1
+            self.spool.release(claim, count_attempt=False, rewrite=True)
+            return None
         except Exception as e:
             if is_transient(e):
                 raise Transient(str(e).splitlines()[0]) from e
@@ -136,7 +146,8 @@ class Processor:
             try:
                 async with self._isolation.slot(alone=claim.envelope.deaths > 0):
                     with self._in_hand(spool_id):
-                        await self._handle_with_retry(claim, stopping)
+                        if await self._handle_with_retry(claim, stopping) is None:
+                            continue  # put back (deferred, or failed once): not done, so no hurry
             except Exception as e:
                 # Not even quarantining worked. The worker must live on for the messages behind
                 # this one; the message stays in cur/, where the orphan scan finds it again.
@@ -157,9 +168,10 @@ class Processor:
             if self.in_hand:
                 self.in_hand(spool_id, False)
 
-    async def _handle_with_retry(self, claim: Claim, stopping: asyncio.Event) -> None:
+    async def _handle_with_retry(self, claim: Claim, stopping: asyncio.Event) -> Result | None:
         """Handle CLAIM, waiting out a database outage — but not a shutdown: then the message
-        goes back to the spool (no attempt counted) for the next start."""
+        goes back to the spool (no attempt counted) for the next start. None when it was put
+        back."""
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(Transient),
             stop=lambda state: stopping.is_set(),
@@ -171,16 +183,17 @@ class Processor:
         try:
             async for attempt in retrying:
                 with attempt:
-                    await run_blocking(self.handle, claim)
+                    result = await run_blocking(self.handle, claim, True)
         except Transient:  # stopping during an outage
             await run_blocking(self.spool.release, claim, False)
-            return
+            return None
         except asyncio.CancelledError:
             await run_blocking(self.spool.release, claim, False)
             raise
         if self._outage:
             self._outage = False
             log.warning("database reachable again; processing resumed")
+        return result
 
     def _outage_started(self, state: tenacity.RetryCallState) -> None:
         if not self._outage:  # an outage is logged once, not once per try

@@ -50,6 +50,7 @@ class Envelope:
     received_at: str = field(default_factory=lambda: utcnow().isoformat())
     attempts: int = 0
     deaths: int = 0  # processing worker processes that died with this message in hand
+    deferrals: int = 0  # times it was put back to let older mail go first (mailgate.processor)
 
 
 @dataclass
@@ -196,6 +197,10 @@ class Spool:
             _fsync_dir(self.new)
         finally:
             claim.close()
+
+    def has_older(self, spool_id: str) -> bool:
+        """Whether a message that arrived before SPOOL_ID still waits or is being worked."""
+        return any(name < spool_id for name in (*_listdir(self.new), *_listdir(self.cur)))
 
     def _rewrite_header(self, claim: Claim) -> None:
         tmp = self._write_tmp(claim.spool_id, claim.raw, claim.envelope)

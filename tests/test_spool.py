@@ -47,6 +47,25 @@ def test_waiting_is_in_arrival_order(spool):
     assert spool.waiting() == ids
 
 
+def test_has_older_sees_waiting_and_claimed_mail_that_arrived_earlier(spool):
+    first, second = (spool.put(RAW, Envelope(sender="a@b.example", recipients=[])) for _ in range(2))
+    assert spool.has_older(second) and not spool.has_older(first)
+    claim = spool.claim(first)  # being worked still counts
+    assert spool.has_older(second)
+    spool.done(claim)
+    assert not spool.has_older(second)
+
+
+def test_a_death_is_counted_and_the_message_put_back(spool):
+    spool_id = spool.put(RAW, Envelope(sender="a@b.example", recipients=[]))
+    claim = spool.claim(spool_id)
+    assert not spool.note_death(spool_id)  # held by a live claimer: not orphaned
+    claim.close()  # its process died: the lock is gone, the file still in cur/
+    assert spool.note_death(spool_id) and spool.waiting() == [spool_id]
+    again = spool.claim(spool_id)
+    assert (again.envelope.deaths, again.envelope.attempts, again.raw) == (1, 0, RAW)
+
+
 def test_two_claims_of_one_message_only_one_wins(spool):
     spool_id = spool.put(RAW, Envelope(sender="a@b.example", recipients=[]))
     first = spool.claim(spool_id)
