@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
@@ -19,6 +20,14 @@ log = logging.getLogger("mailgate")
 
 # Sections that take effect only at start: they name sockets, files and the database.
 RESTART_ONLY = ("database", "storage", "smtp", "http", "imap", "security", "processing")
+
+
+def configure_logging(config: Config) -> None:
+    """One line per record to stderr (the journal), at the configured level; the same for
+    the daemon, its worker processes and the commands."""
+    logging.basicConfig(level=config.logging.level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @dataclass

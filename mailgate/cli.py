@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from mailgate import __version__, config as config_module, directory, views
-from mailgate.app import App
+from mailgate.app import App, configure_logging
 from mailgate.config import ConfigError
 
 log = logging.getLogger("mailgate")
@@ -416,11 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         _error(f"config: {e}")
         return EX_TEMPFAIL if getattr(args, "tempfail_on_config_error", False) else EX_CONFIG
-    logging.basicConfig(
-        level=cfg.logging.level.upper(), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure_logging(cfg)
     app = App(cfg)
     try:
         return args.func(app, args)

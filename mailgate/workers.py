@@ -36,8 +36,8 @@ import time
 import tenacity
 
 from mailgate import config as config_module
-from mailgate.aio import wait_any
-from mailgate.app import App
+from mailgate.aio import wait_any, wait_seconds
+from mailgate.app import App, configure_logging
 from mailgate.db import run_blocking
 from mailgate.processor import MAX_DEATHS, Processor
 
@@ -46,13 +46,6 @@ log = logging.getLogger("mailgate.workers")
 STOP_SECONDS = 20  # a child finishes the message in hand within this, else it is killed
 HEALTHY_SECONDS = 60  # a child that lived this long died of something new: restart at once
 _RESTART = tenacity.wait_exponential_jitter(multiplier=0.5, max=30, jitter=0.5)
-
-
-def _backoff(deaths: int) -> float:
-    """Seconds before restarting a child after DEATHS quick deaths in a row."""
-    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
-    state.attempt_number = deaths
-    return _RESTART(state)
 
 
 class WorkerPool:
@@ -106,7 +99,7 @@ class WorkerPool:
             if pid is not None:
                 log.error("processing worker %d (pid %d) exited with %s; starting another", n, pid, code)
                 await self._count_deaths(held, pid)
-            await wait_any(stopping, timeout=_backoff(deaths))
+            await wait_any(stopping, timeout=wait_seconds(_RESTART, deaths))
 
     async def _count_deaths(self, spool_ids: set[str], pid: int) -> None:
         for spool_id in sorted(spool_ids):
@@ -220,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config")
     args = parser.parse_args(argv)
     config = config_module.load(args.config) if args.config else config_module.Config()
-    logging.basicConfig(level=config.logging.level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config)
     reports = _Reports(sys.stdout.fileno())
     app = App(config, on_outbound_queued=reports.queued)
     app.__dict__["metrics"] = reports  # the daemon keeps the figures; we only report

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 import tenacity
 from sqlmodel import func, or_, select
 
+from mailgate.aio import wait_seconds
 from mailgate.config import OutboundConfig
 from mailgate.db import Database
 from mailgate.models import Outbound, aware
@@ -196,7 +197,5 @@ def backoff(attempt: int, cfg: OutboundConfig) -> float:
     wait = tenacity.wait_exponential_jitter(
         multiplier=cfg.retry_initial_seconds, max=cfg.retry_max_seconds, jitter=cfg.retry_initial_seconds / 2,
     )
-    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
-    state.attempt_number = max(attempt, 1)
-    return wait(state)
+    return wait_seconds(wait, attempt)
 
