@@ -211,6 +211,9 @@ class Poller:
         tried: set[int] = set()
         self.state.activity = "fetching"
         try:
+            # Before the search loop, whose last (empty) search must be the last command before
+            # IDLE: mail arriving after it is announced in replies we would not look at.
+            await self._report_too_large(session)
             # Until a search finds nothing new: mail that arrived meanwhile was announced in the
             # replies to our own commands (imaplib keeps those to itself), not to the next IDLE.
             while uids := [uid for uid in await self._blocking(_waiting, session.client, self._max_size)
@@ -219,7 +222,6 @@ class Poller:
                     break
                 tried.update(uids)
                 await self._take(session, uids, stopping)
-            await self._report_too_large(session)
         except SpoolError as e:
             return self._sync_failed(f"the spool cannot take mail: {e.strerror}")
         except IMAPClientAbortError:
