@@ -9,7 +9,7 @@ upgrade`, then organisations, contacts, tickets, their inbound records, Seen row
 thread Message-IDs by bulk SQL (one transaction of executemany on SQLite, COPY on
 PostgreSQL), and the ticket counter is set so new keys continue. Then --messages messages
 (after --warmup ones not timed) go through the real pipeline in this process
-(`mailgate.pipeline.Pipeline(app).process`, one transaction each, notifications included):
+(`mailgate.core.pipeline.Pipeline(app).process`, one transaction each, notifications included):
 new tickets, and replies to random existing tickets — by "[SD-n]" in the subject (In-Reply-To
 a signed notification Message-ID) or only by In-Reply-To/References to the ticket's original
 Message-ID, which is in thread_message. Both sizes get the same stream of messages: the
@@ -268,8 +268,8 @@ def stream(directory: Directory, history: History, signer, count: int, seed: int
 def run_size(tickets: int, args, directory: Directory, label: str) -> dict:
     from mailgate.app import App
     from mailgate.config import load
-    from mailgate.pipeline import Pipeline
-    from mailgate.spool import Envelope
+    from mailgate.core.pipeline import Pipeline
+    from mailgate.core.spool import Envelope
 
     with common.temp_dir(f"growth-{label}", keep=args.keep) as workdir, common.database(args.db, workdir, f"growth_{label}", args.keep) as url:
         config = common.write_config(workdir, url)

@@ -336,7 +336,7 @@ def main(argv=None) -> int:
     p.add_argument("--log-level", default="WARNING", help="mailgate's [logging] level during the run")
     p.add_argument("--py-spy", metavar="OUT", help="profile serve with py-spy into OUT ({db} is replaced; .svg/.json/.txt)")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                   help='a config override for mailgate, e.g. --set processing.workers=1 (repeatable)')
+                   help='a config override for mailgate, e.g. --set processing.threads=1 (repeatable)')
     p.add_argument("--keep", action="store_true", help="keep the temp dirs and databases")
     args = p.parse_args(argv)
     common.install_signal_handlers()

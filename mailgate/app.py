@@ -1,20 +1,21 @@
-"""Everything a running mailgate needs, built once from the config and handed around."""
+"""Everything a running mailgate needs, built once from the config and handed around: the
+database, the spool, the blob store, the signer, the templates and the metrics. Each is made
+at first use, so a command pays only for what it touches."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import sys
-from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
 
 from mailgate import config as config_module
 from mailgate.blobs import BlobStore
 from mailgate.config import Config
+from mailgate.core.spool import Spool
 from mailgate.db import Database
 from mailgate.signing import Signer, load_secret
-from mailgate.spool import Spool
 
 log = logging.getLogger("mailgate")
 
@@ -30,12 +31,16 @@ def configure_logging(config: Config) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-@dataclass
 class App:
-    config: Config
-    # Called, from any thread, after a transaction that queued outbound mail commits: the
-    # daemon's sender sets it to wake itself instead of waiting for its next poll.
-    on_outbound_queued: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    def __init__(self, config: Config, metrics=None, on_outbound_queued: Callable[[], None] | None = None):
+        self.config = config
+        # Where processing reports its figures: the /metrics registry, or (in a worker
+        # process) a pipe to the daemon that keeps the registry.
+        self._metrics = metrics
+        # Called, from any thread, after a transaction that queued outbound mail commits: the
+        # daemon's sender sets it to wake itself instead of waiting for its next poll.
+        self.on_outbound_queued = on_outbound_queued
+        self._renderer = None
 
     @cached_property
     def db(self) -> Database:
@@ -54,17 +59,30 @@ class App:
         secret = load_secret(self.config.security.secret, self.config.state_dir)
         return Signer(secret, self.config.message_id_domain)
 
-    @cached_property
+    @property
     def renderer(self):
-        from mailgate.notify.render import Renderer
+        if self._renderer is None:
+            from mailgate.notify.render import Renderer
 
-        return Renderer(self.config)
+            self._renderer = Renderer(self.config)
+        return self._renderer
 
-    @cached_property
+    @property
     def metrics(self):
-        from mailgate.metrics import Metrics
+        if self._metrics is None:
+            from mailgate.metrics import Metrics
 
-        return Metrics(self)
+            self._metrics = Metrics(self)
+        return self._metrics
+
+    @property
+    def database_opened(self) -> bool:
+        """Whether anything used the database yet (a command that did not needs no dispose)."""
+        return "db" in self.__dict__
+
+    def close(self) -> None:
+        if self.database_opened:
+            self.db.dispose()
 
     def reload(self) -> bool:
         """SIGHUP: read the config file again and take what can change without a restart;
@@ -80,30 +98,10 @@ class App:
             if getattr(new, name) != value:
                 log.warning("reload: [%s] changed; it takes effect at the next restart", name)
         self.config = dataclasses.replace(new, **kept)
-        self.__dict__.pop("renderer", None)  # recompiled at first use
+        self._renderer = None  # recompiled at first use
         logging.getLogger().setLevel(self.config.logging.level.upper())
         log.info("reloaded %s", old.source or "the embedded defaults")
         return True
-
-    def warm_up(self) -> "App":
-        """Do at start what the first message would otherwise do inside its transaction (which,
-        on SQLite, holds the write lock): import the processing and notification modules, load
-        the secret, compile the templates and run the email package's header machinery once."""
-        from datetime import datetime, timezone
-
-        import mailgate.mail.parse  # noqa: F401
-        import mailgate.notify  # noqa: F401
-        import mailgate.pipeline  # noqa: F401
-        from mailgate.notify.render import Headers
-
-        signer = self.signer
-        renderer = self.renderer
-        renderer.warm_up()
-        renderer.mail("unknown_sender_notice", ("en",), {"address": "warm-up@example.com"},
-                      Headers(subject="warm-up", to_address="warm-up@example.com", to_name="Wärm Up",
-                              message_id=signer.message_id("SD-0")),
-                      datetime.now(timezone.utc))
-        return self
 
     def prepare(self) -> "App":
         """Create the state directories and bring the schema up to date."""

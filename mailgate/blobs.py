@@ -9,9 +9,9 @@ that several instances reach (SPEC §8, `storage.attachments_dir`).
 from __future__ import annotations
 
 import hashlib
-import os
-import uuid
 from pathlib import Path
+
+from mailgate.core.durable import write_file
 
 
 class BlobStore:
@@ -29,17 +29,7 @@ class BlobStore:
         if path.exists():
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{digest}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_file(path, (data,))
 
     def path(self, digest: str) -> Path:
         if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):

@@ -15,13 +15,14 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlmodel import select
 
-from mailgate import __version__, config as config_module, directory, views
+from mailgate import __version__, config as config_module, contacts, shapes
 from mailgate.app import App, configure_logging
 from mailgate.config import ConfigError
+from mailgate.errors import first_line, is_transient
 
 log = logging.getLogger("mailgate")
 
-EX_USAGE, EX_DATAERR, EX_UNAVAILABLE, EX_TEMPFAIL, EX_CONFIG = 64, 65, 69, 75, 78
+EX_USAGE, EX_UNAVAILABLE, EX_TEMPFAIL, EX_CONFIG = 64, 69, 75, 78
 
 
 class CliError(Exception):
@@ -36,7 +37,7 @@ class CliError(Exception):
 
 
 def cmd_serve(app: App, args) -> int:
-    from mailgate import daemon
+    from mailgate.serve import daemon
 
     return daemon.serve(app)
 
@@ -48,7 +49,7 @@ def cmd_deliver(app: App, args) -> int:
     try:
         app.prepare()
     except (OSError, sa.exc.OperationalError) as e:
-        _error(f"cannot store the message now: {_first_line(e)}")
+        _error(f"cannot store the message now: {first_line(e)}")
         return pipe.EX_TEMPFAIL
     delivery = pipe.deliver(app, raw, args.sender, args.recipient)
     if delivery.error:
@@ -61,21 +62,21 @@ def cmd_deliver(app: App, args) -> int:
 
 def cmd_org_add(app: App, args) -> int:
     with _session(app) as s:
-        org = directory.add_organisation(s, args.name, args.region)
+        org = contacts.add_organisation(s, args.name, args.region)
         print(f"organisation {org.name} added")
     return 0
 
 
 def cmd_contact_add(app: App, args) -> int:
     with _session(app) as s:
-        c = directory.add_contact(s, args.email, args.name, args.org, args.language)
+        c = contacts.add_contact(s, args.email, args.name, args.org, args.language)
         print(f"contact {c.email} added to {args.org}")
     return 0
 
 
 def cmd_contact_disable(app: App, args) -> int:
     with _session(app) as s:
-        c = directory.disable_contact(s, args.email)
+        c = contacts.disable_contact(s, args.email)
         print(f"contact {c.email} disabled")
     return 0
 
@@ -85,7 +86,7 @@ def cmd_contact_import(app: App, args) -> int:
     if not path.is_file():
         raise CliError(f"{path}: no such file")
     with _session(app) as s:
-        report = directory.import_contacts(s, path, progress=lambda n: print(f"... {n} lines", file=sys.stderr))
+        report = contacts.import_contacts(s, path, progress=lambda n: print(f"... {n} lines", file=sys.stderr))
     print(f"created {len(report.created)}, updated {len(report.updated)}, "
           f"unchanged {len(report.unchanged)}, rejected {len(report.rejected)}")
     for line, reason in report.rejected:
@@ -96,13 +97,13 @@ def cmd_contact_import(app: App, args) -> int:
 def cmd_ticket_list(app: App, args) -> int:
     from mailgate.models import Ticket
 
-    return _listing(app, args, Ticket, views.ticket_summary,
+    return _listing(app, args, Ticket, shapes.ticket_summary,
                     lambda r: f"{r['key']:<10} {r['status']:<14} {r['type']:<20} {r['creator']:<30} {r['summary']}")
 
 
 def cmd_ticket_show(app: App, args) -> int:
     with _session(app) as s:
-        detail = views.ticket_detail(_ticket(s, args.key), views.Names(s))
+        detail = shapes.ticket_detail(_ticket(s, args.key), shapes.Names(s))
     if args.json:
         _print_json(detail)
     else:
@@ -111,30 +112,23 @@ def cmd_ticket_show(app: App, args) -> int:
 
 
 def cmd_ticket_comment(app: App, args) -> int:
-    from mailgate import notify
-    from mailgate.models import utcnow
-    from mailgate.tickets import service
+    from mailgate.tickets import actions
 
     with _session(app) as s:
         ticket = _ticket(s, args.key)
-        _, events = _rules(service.agent_comment, s, ticket, args.agent, args.body, args.internal, utcnow())
-        notify.queue(s, app, events)
+        _rules(actions.comment, s, app, ticket, args.agent, args.body, args.internal)
     print(f"{ticket.key}: {'internal note' if args.internal else 'comment'} added")
     return 0
 
 
 def cmd_ticket_set(app: App, args) -> int:
-    from mailgate import notify
-    from mailgate.models import utcnow
-    from mailgate.tickets import service
+    from mailgate.tickets import actions
 
     if not (args.status or args.type or args.priority):
         raise CliError("nothing to set: give --status, --type or --priority", EX_USAGE)
     with _session(app) as s:
         ticket = _ticket(s, args.key)
-        events = _rules(service.agent_set, ticket, utcnow(), status=args.status, type=args.type, priority=args.priority)
-        s.add(ticket)
-        notify.queue(s, app, events)
+        _rules(actions.set_fields, s, app, ticket, status=args.status, type=args.type, priority=args.priority)
     print(f"{ticket.key}: type {ticket.type}, status {ticket.status}, priority {ticket.priority or '-'}")
     return 0
 
@@ -168,13 +162,13 @@ def _rules(action, *args, **kwargs):
 def cmd_inbox_list(app: App, args) -> int:
     from mailgate.models import Inbound
 
-    return _listing(app, args, Inbound, views.inbound, lambda r: (
+    return _listing(app, args, Inbound, shapes.inbound, lambda r: (
         f"{r['id']:>6} {r['received_at'][:19]} {r['outcome']:<24} {r['ticket'] or '-':<10} "
         f"{r['sender'] or '-'}{_note(r['error'])}"))
 
 
 def cmd_inbox_reprocess(app: App, args) -> int:
-    from mailgate.pipeline import Pipeline
+    from mailgate.core.pipeline import Pipeline
 
     app.prepare()
     try:
@@ -191,7 +185,7 @@ def cmd_notify(app: App, args) -> int:
     from mailgate.notify import subscriptions
 
     with _session(app) as s:
-        ticket, contact = _ticket(s, args.key), directory.contact(s, args.contact)
+        ticket, contact = _ticket(s, args.key), contacts.contact(s, args.contact)
         try:
             subscriptions.set_notify(s, ticket, contact, args.state == "on")
         except subscriptions.NotAllowed as e:
@@ -203,7 +197,7 @@ def cmd_notify(app: App, args) -> int:
 def cmd_outbox_list(app: App, args) -> int:
     from mailgate.models import Outbound
 
-    return _listing(app, args, Outbound, views.outbound, lambda r: (
+    return _listing(app, args, Outbound, shapes.outbound, lambda r: (
         f"{r['id']:>6} {r['status']:<8} {r['attempts']:>2} {r['ticket'] or '-':<10} {r['event']:<22} "
         f"{r['to']}{_note(r['last_error'])}"))
 
@@ -243,7 +237,7 @@ def cmd_db_upgrade(app: App, args) -> int:
 
 
 class _session:
-    """A prepared app's session; directory errors become CLI errors."""
+    """A prepared app's session; errors of the contacts module become CLI errors."""
 
     def __init__(self, app: App):
         self.app = app
@@ -255,7 +249,7 @@ class _session:
 
     def __exit__(self, exc_type, exc, tb):
         suppress = self._cm.__exit__(exc_type, exc, tb)
-        if isinstance(exc, directory.DirectoryError):
+        if isinstance(exc, contacts.ContactsError):
             raise CliError(str(exc)) from None
         return suppress
 
@@ -263,7 +257,7 @@ class _session:
 def _listing(app: App, args, model, view, line) -> int:
     """All rows of MODEL in order, as JSON (--json) or one line each."""
     with _session(app) as s:
-        names = views.Names(s)
+        names = shapes.Names(s)
         rows = [view(row, names) for row in s.exec(select(model).order_by(model.id))]
     if args.json:
         _print_json(rows)
@@ -278,9 +272,9 @@ def _note(error: str | None) -> str:
 
 
 def _ticket(session, key: str):
-    from mailgate.models import Ticket
+    from mailgate.tickets.service import find_ticket
 
-    ticket = session.exec(select(Ticket).where(Ticket.key == key.strip().upper())).first()
+    ticket = find_ticket(session, key)
     if ticket is None:
         raise CliError(f"no ticket {key}")
     return ticket
@@ -307,10 +301,6 @@ def _print_ticket(d: dict) -> None:
         print(c["body"])
         for a in c["attachments"]:
             print(f"  [attachment] {a['filename']} ({a['content_type']}, {a['size']} bytes)")
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _error(message: str) -> None:
@@ -345,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("email")
     a.add_argument("--name", required=True)
     a.add_argument("--org", required=True)
-    a.add_argument("--language", default="en", choices=directory.LANGUAGES)
+    a.add_argument("--language", default="en", choices=contacts.LANGUAGES)
     a.set_defaults(func=cmd_contact_add)
     a = contact.add_parser("disable", help="disable a contact")
     a.add_argument("email")
@@ -423,8 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as e:
         _error(str(e))
         return e.code
-    except sa.exc.OperationalError as e:
-        _error(f"database unavailable: {_first_line(e.orig or e)}")
+    except sa.exc.SQLAlchemyError as e:
+        if not is_transient(e):
+            raise
+        _error(f"database unavailable: {first_line(e)}")
         return EX_UNAVAILABLE
     except OSError as e:
         _error(f"{e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}")
@@ -432,8 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        if "db" in app.__dict__:  # only when this command opened the database
-            app.db.dispose()
+        app.close()
 
 
 if __name__ == "__main__":

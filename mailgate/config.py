@@ -107,7 +107,7 @@ class SecurityConfig:
 @dataclass(frozen=True)
 class ProcessingConfig:
     max_attempts: int = 3  # a message failing this often is quarantined
-    workers: int = 2  # threads working the spool (in each process)
+    threads: int = 2  # messages worked at the same time, each in a thread (in each process)
     processes: int = 1  # 1: processing in the daemon; N > 1: in N worker processes (more cores)
 
 
@@ -321,8 +321,8 @@ def _check(config: Config) -> None:
         raise ConfigError("smtp.tls_key: tls_cert and tls_key go together")
     if config.database.url and not config.database.url.startswith(("sqlite", "postgresql")):
         raise ConfigError("database.url: only sqlite:/// and postgresql+psycopg:// are supported")
-    if min(config.processing.max_attempts, config.processing.workers, config.processing.processes) < 1:
-        raise ConfigError("processing: max_attempts, workers and processes must be at least 1")
+    if min(config.processing.max_attempts, config.processing.threads, config.processing.processes) < 1:
+        raise ConfigError("processing: max_attempts, threads and processes must be at least 1")
     if config.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("logging.level: one of DEBUG, INFO, WARNING, ERROR")
     if config.policy.require_authenticated_sender and not config.policy.trusted_authserv_id:

@@ -12,6 +12,8 @@ import logging
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from mailgate.errors import first_line
+
 log = logging.getLogger(__name__)
 
 OUTBOX_STATUSES = ("queued", "sent", "failed", "bounced")
@@ -69,5 +71,5 @@ class _Depths:
                 for status, count in s.exec(select(Outbound.status, func.count()).group_by(Outbound.status)):
                     counts[status] = count
         except Exception as e:  # a scrape during a database outage still shows the rest
-            log.warning("outbox depth unavailable: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
+            log.warning("outbox depth unavailable: %s", first_line(e))
         return counts

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import secrets
 from pathlib import Path
+
+from mailgate.core.durable import create_file
 
 SIG_LEN = 20  # hex characters: 80 bits
 
@@ -29,16 +30,8 @@ def load_secret(configured: str, state_dir: Path) -> bytes:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     value = secrets.token_hex(32).encode()
-    # O_EXCL: when two processes start at once, one secret wins and both use it.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes().strip()
-    with os.fdopen(fd, "wb") as f:
-        f.write(value)
-        f.flush()
-        os.fsync(f.fileno())
-    return value
+    # When two processes start at once, one secret wins and both use it.
+    return value if create_file(path, value, 0o600) else path.read_bytes().strip()
 
 
 class Signer:

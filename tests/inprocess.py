@@ -11,7 +11,7 @@ import contextlib
 import threading
 
 from mailgate.app import App
-from mailgate.daemon import Daemon
+from mailgate.serve.daemon import Daemon
 from tests.support import wait_for
 
 

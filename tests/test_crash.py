@@ -184,7 +184,7 @@ def test_a_running_daemon_leaves_a_live_deliver_alone(daemon, cli, tmp_path):
     """A daemon starting while a `deliver` holds its message must not take it away (the lock)."""
     from mailgate import config as config_module
     from mailgate.app import App
-    from mailgate.spool import Envelope
+    from mailgate.core.spool import Envelope
 
     add_customer(cli)
     state = tmp_path / "state"
@@ -248,7 +248,7 @@ def test_deaths_alone_never_quarantine_a_message(daemon, cli, make_config, tmp_p
 def test_an_unreadable_spool_file_does_not_stop_processing(daemon, cli, make_config, tmp_path):
     add_customer(cli)
     state = tmp_path / "state"
-    config = make_config("one-worker.toml", processing={"workers": 1})
+    config = make_config("one-worker.toml", processing={"threads": 1})
     new = state / "spool" / "new"
     new.mkdir(parents=True, exist_ok=True)
     (new / "00000000000000000001-junk").write_bytes(b"not a spool file\n")  # sorts first

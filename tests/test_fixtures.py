@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import func, select
 
-from mailgate import views
+from mailgate import shapes
 from mailgate.app import App
 from mailgate.ingest import pipe
 from mailgate.models import Inbound, Outbound, Ticket
@@ -80,7 +80,7 @@ def _inbound_count(app: App) -> int:
 def _last_inbound(app: App) -> tuple[str, str | None]:
     with app.db.session() as s:
         inbound = s.exec(select(Inbound).order_by(Inbound.id.desc())).first()
-        return inbound.outcome, views.Names(s).ticket(inbound.ticket_id)
+        return inbound.outcome, shapes.Names(s).ticket(inbound.ticket_id)
 
 
 def _check(app: App, case: dict, deliver) -> None:
@@ -100,7 +100,7 @@ def _check(app: App, case: dict, deliver) -> None:
 
 def _check_ticket(app: App, case: dict, key: str) -> None:
     with app.db.session() as s:
-        detail = views.ticket_detail(s.exec(select(Ticket).where(Ticket.key == key)).one(), views.Names(s))
+        detail = shapes.ticket_detail(s.exec(select(Ticket).where(Ticket.key == key)).one(), shapes.Names(s))
         sd1 = s.exec(select(Ticket).where(Ticket.key == "SD-1")).one()
     kind = case.get("first_outcome", "ticket_created") if case["outcome"] == "duplicate" else case["outcome"]
     is_comment = kind == "comment_added"

@@ -78,7 +78,7 @@ class Client(threading.Thread):
 @pytest.mark.parametrize("processes", [1, 2], ids=["in-daemon", "worker-processes"])
 def test_sigkill_under_load_loses_and_duplicates_nothing(make_config, cli, processes):
     port = _free_port()
-    config = make_config("kill.toml", smtp={"port": port}, processing={"workers": 2, "processes": processes},
+    config = make_config("kill.toml", smtp={"port": port}, processing={"threads": 2, "processes": processes},
                          policy={"max_new_tickets_per_sender_per_hour": 0})
     cli("org", "add", "Acme", config=config)
     cli("contact", "add", "alice@acme.example", "--name", "Alice Adams", "--org", "Acme", config=config)

@@ -22,8 +22,8 @@ from mailgate import config as config_module, notify
 from mailgate.app import App
 from mailgate.db import Database
 from mailgate.models import Outbound, Ticket, utcnow
-from mailgate.outbound import outbox, verp
-from mailgate.outbound.sender import Report, Sender
+from mailgate.outbound import claims, verp
+from mailgate.outbound.sender import SendReport, Sender
 from mailgate.tickets import service
 from tests import world
 from tests.relay import RelaySink
@@ -120,7 +120,7 @@ def test_4xx_is_retried_with_backoff_until_the_maximum_age(make_config, sink, cl
     assert cli("outbox", "flush")[1].strip() == "sent 3, deferred 1, failed 0"
     carol = _by_recipient(app)["carol@acme.example"]
     assert (carol.status, carol.attempts, carol.last_error) == ("queued", 1, "451 4.2.0 mailbox busy")
-    delay = (outbox.aware(carol.next_attempt_at) - before).total_seconds()
+    delay = (claims.aware(carol.next_attempt_at) - before).total_seconds()
     assert 600 <= delay <= 600 + 300 + 5  # initial wait plus at most half of it as jitter
     assert cli("outbox", "flush")[1].strip() == "sent 0, deferred 0, failed 0"  # not due yet
 
@@ -157,8 +157,8 @@ def test_restart_with_mail_still_queued_delivers_it_once(make_config, daemon):
 
 def test_a_crashed_senders_rows_come_back_when_the_lease_expires(make_config, sink):
     app = _app(make_config(outbound=sink.config()))
-    crashed, = outbox.claim_due(app.db, utcnow(), 600, "x@example.com")  # a sender that then died ...
-    busy, = outbox.claim_due(app.db, utcnow(), 600, "x@example.com")  # a sender at work right now
+    crashed, = claims.claim_due(app.db, utcnow(), 600, "x@example.com")  # a sender that then died ...
+    busy, = claims.claim_due(app.db, utcnow(), 600, "x@example.com")  # a sender at work right now
     with app.db.session() as s:  # ... ten minutes ago: its lease has run out
         s.execute(sa.update(Outbound).where(Outbound.id == crashed.id).values(claimed_until=utcnow() - timedelta(seconds=1)))
     report = asyncio.run(Sender(app).flush())
@@ -166,23 +166,23 @@ def test_a_crashed_senders_rows_come_back_when_the_lease_expires(make_config, si
     rows = {r.id: r for r in _rows(app)}
     assert rows[crashed.id].status == "sent"
     assert rows[busy.id].status == "queued" and rows[busy.id].claimed_by == busy.owner
-    assert not outbox.mark_sent(app.db, crashed, utcnow())  # the crashed sender's lease is gone
-    assert outbox.mark_sent(app.db, busy, utcnow())
+    assert not claims.mark_sent(app.db, crashed, utcnow())  # the crashed sender's lease is gone
+    assert claims.mark_sent(app.db, busy, utcnow())
     app.db.dispose()
 
 
 def test_a_batch_lease_is_renewed_only_for_rows_still_held_and_the_rest_given_back(make_config):
     app = _app(make_config())
-    batch = outbox.claim_due(app.db, utcnow(), 600, "x@example.com", limit=10)
+    batch = claims.claim_due(app.db, utcnow(), 600, "x@example.com", limit=10)
     assert len(batch) == len(_rows(app)) == 4 and len({c.owner for c in batch}) == 1
-    assert outbox.claim_due(app.db, utcnow(), 600, "x@example.com", limit=10) == []  # all leased
+    assert claims.claim_due(app.db, utcnow(), 600, "x@example.com", limit=10) == []  # all leased
     with app.db.session() as s:  # the first row's lease ran out, and another sender took it
         s.execute(sa.update(Outbound).where(Outbound.id == batch[0].id).values(claimed_until=utcnow() - timedelta(seconds=1)))
-    other, = outbox.claim_due(app.db, utcnow(), 600, "x@example.com", limit=10)
+    other, = claims.claim_due(app.db, utcnow(), 600, "x@example.com", limit=10)
     assert other.id == batch[0].id
-    kept = outbox.renew(app.db, batch, utcnow() + timedelta(seconds=1200))
+    kept = claims.renew(app.db, batch, utcnow() + timedelta(seconds=1200))
     assert [c.id for c in kept] == [c.id for c in batch[1:]]
-    assert outbox.release(app.db, batch) == 3  # only what is still ours
+    assert claims.release(app.db, batch) == 3  # only what is still ours
     rows = {r.id: r for r in _rows(app)}
     assert rows[other.id].claimed_by == other.owner
     assert all(rows[c.id].claimed_by is None and rows[c.id].status == "queued" for c in kept)
@@ -192,13 +192,13 @@ def test_a_batch_lease_is_renewed_only_for_rows_still_held_and_the_rest_given_ba
 def test_a_sender_renews_a_batch_lease_before_it_could_run_out(make_config, sink):
     app = _app(make_config(outbound=sink.config()))
     sender = Sender(app)
-    lease = outbox.lease_seconds(app.config.outbound)
-    batch = outbox.claim_due(app.db, utcnow(), 5, app.config.from_address, limit=10)  # 5 s left
+    lease = claims.lease_seconds(app.config.outbound)
+    batch = claims.claim_due(app.db, utcnow(), 5, app.config.from_address, limit=10)  # 5 s left
     seen = []
 
     def watch(claim):  # the row's lease when it is handed to the transport
         row, = [r for r in _rows(app) if r.id == claim.id]
-        seen.append(outbox.aware(row.claimed_until))
+        seen.append(claims.aware(row.claimed_until))
 
     async def deliver_all():
         transport = sender._transport()
@@ -209,7 +209,7 @@ def test_a_sender_renews_a_batch_lease_before_it_could_run_out(make_config, sink
             await original(outbound_id, *args)
 
         transport.send = send
-        report = Report()
+        report = SendReport()
         claimed_at = time.monotonic() - 2 * lease + 5  # as the sender sees it: 5 s of the lease left
         ok = await sender._deliver_batch(transport, batch, claimed_at, report, asyncio.Event())
         await transport.close()
@@ -230,7 +230,7 @@ def test_a_sender_killed_mid_delivery_is_taken_over_after_restart(make_config, d
         wait_for(lambda: relay.stalled == 1, message="a delivery in flight")
         killed.kill()  # SIGKILL in the middle of DATA: the row stays claimed by a dead process
         held = [r for r in _rows(app) if r.claimed_by]  # the batch it had claimed
-        assert held and all(r.status == "queued" and outbox.aware(r.claimed_until) > utcnow() for r in held)
+        assert held and all(r.status == "queued" and claims.aware(r.claimed_until) > utcnow() for r in held)
         relay.stall = False
         restarted = daemon(config)  # does not wait for the lease: its owner is gone
         wait_for(lambda: all(r.status == "sent" for r in _rows(app)), timeout=10, message="delivery after restart")
@@ -272,8 +272,8 @@ def test_two_senders_never_claim_one_row_twice(make_config):
     def claimer(n: int) -> None:
         db = Database(app.config.database_url)  # its own engine and connections, like another instance
         start.wait()
-        while claims := outbox.claim_due(db, utcnow(), 600, "x@example.com", limit=5):
-            claimed[n].extend(claim.id for claim in claims)
+        while batch := claims.claim_due(db, utcnow(), 600, "x@example.com", limit=5):
+            claimed[n].extend(claim.id for claim in batch)
         db.dispose()
 
     threads = [threading.Thread(target=claimer, args=(n,)) for n in range(2)]

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from mailgate import config as config_module
 from mailgate.app import App
 from mailgate.models import OUTCOMES
-from mailgate.pipeline import Pipeline
-from mailgate.spool import Envelope
+from mailgate.core.pipeline import Pipeline
+from mailgate.core.spool import Envelope
 from tests import world
 
 _ids = itertools.count()

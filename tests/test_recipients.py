@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from sqlmodel import select
 
-from mailgate.events import EVENTS, Event
+from mailgate.tickets.events import EVENTS, Event
 from mailgate.models import Contact, Subscription, utcnow
 from mailgate.notify.recipients import recipients
 from mailgate.tickets import service

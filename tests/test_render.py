@@ -17,7 +17,7 @@ import logging
 import pytest
 from sqlmodel import select
 
-from mailgate import config as config_module, directory, notify
+from mailgate import config as config_module, contacts, notify
 from mailgate.app import App
 from mailgate.ingest import pipe
 from mailgate.mail import refs
@@ -100,7 +100,7 @@ def test_language_follows_the_recipient(app):
 
 def test_unknown_language_falls_back_to_english(app):
     with app.db.session() as s:
-        c = directory.contact(s, "carol@acme.example")
+        c = contacts.contact(s, "carol@acme.example")
         c.language = "fr"  # not offered; an import from an older system might leave one
         s.add(c)
     _mail(app)
@@ -148,7 +148,7 @@ def test_a_subject_cannot_inject_headers(app, subject):
 
 def test_a_name_cannot_inject_headers(app):
     with app.db.session() as s:
-        directory.add_contact(s, "eve@acme.example", 'Eve\r\nBcc: evil@attacker.example\r\nX-Evil: "1" <m@x.example>, ',
+        contacts.add_contact(s, "eve@acme.example", 'Eve\r\nBcc: evil@attacker.example\r\nX-Evil: "1" <m@x.example>, ',
                               "Acme", "en")
     _mail(app)
     eve, = _rows(app, recipient="eve@acme.example")
@@ -267,7 +267,7 @@ def test_choices_show_in_the_footer(app):
     key = _mail(app)
     with app.db.session() as s:
         ticket = s.exec(select(Ticket).where(Ticket.key == key)).one()
-        s.add(Subscription(ticket_id=ticket.id, contact_id=directory.contact(s, "bernd@acme.example").id, notify=True))
+        s.add(Subscription(ticket_id=ticket.id, contact_id=contacts.contact(s, "bernd@acme.example").id, notify=True))
     _agent(app, key, lambda s, t: service.add_comment(s, t, body="Fixed?", now=utcnow(), agent="sam")[1])
     bernd = _parts(_parse(_rows(app, recipient="bernd@acme.example", event="comment_added")[0]))[0]
     assert "weil die Benachrichtigungen für SD-1 für Sie eingeschaltet sind" in bernd

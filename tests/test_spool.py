@@ -1,4 +1,4 @@
-"""mailgate.spool.Spool on a real directory: the durable hand-over between receiving and processing."""
+"""mailgate.core.spool.Spool on a real directory: the durable hand-over between receiving and processing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from mailgate.spool import Envelope, Spool, SpoolError, read_file
+from mailgate.core.spool import Disposition, Envelope, Spool, SpoolError, read_file
 
 RAW = b"From: alice@acme.example\r\nSubject: hello\r\n\r\nbody line\r\n"
 
@@ -37,7 +37,7 @@ def test_put_waiting_claim_done(spool):
     assert spool.waiting() == [] and files(spool.cur) == [spool_id]
     assert spool.depth() == 1
 
-    spool.done(claim)
+    spool.settle(claim, Disposition.DONE)
     assert files(spool.new) == [] and files(spool.cur) == [] and files(spool.tmp) == []
     assert spool.depth() == 0
 
@@ -52,7 +52,7 @@ def test_has_older_sees_waiting_and_claimed_mail_that_arrived_earlier(spool):
     assert spool.has_older(second) and not spool.has_older(first)
     claim = spool.claim(first)  # being worked still counts
     assert spool.has_older(second)
-    spool.done(claim)
+    spool.settle(claim, Disposition.DONE)
     assert not spool.has_older(second)
 
 
@@ -72,7 +72,7 @@ def test_two_claims_of_one_message_only_one_wins(spool):
     second = spool.claim(spool_id)
     assert first is not None
     assert second is None
-    spool.done(first)
+    spool.settle(first, Disposition.DONE)
     assert spool.claim(spool_id) is None  # gone for good
 
 
@@ -90,19 +90,19 @@ def test_claim_of_a_locked_file_still_in_new_loses(spool):
 def test_release_counts_attempts(spool):
     spool_id = spool.put(RAW, Envelope(sender="a@b.example", recipients=["support@example.com"]))
     claim = spool.claim(spool_id)
-    spool.release(claim)
+    spool.settle(claim, Disposition.RETRY)
     assert spool.waiting() == [spool_id] and files(spool.cur) == [] and files(spool.tmp) == []
     claim = spool.claim(spool_id)
     assert claim.envelope.attempts == 1
     assert claim.raw == RAW
-    spool.release(claim)
+    spool.settle(claim, Disposition.RETRY)
     claim = spool.claim(spool_id)
     assert claim.envelope.attempts == 2
-    spool.release(claim, count_attempt=False)
+    spool.settle(claim, Disposition.WAIT)
     claim = spool.claim(spool_id)
     assert claim.envelope.attempts == 2
     assert claim.envelope.recipients == ["support@example.com"]
-    spool.done(claim)
+    spool.settle(claim, Disposition.DONE)
 
 
 def test_recover_returns_orphans_and_leaves_held_claims(spool):
@@ -121,7 +121,7 @@ def test_recover_returns_orphans_and_leaves_held_claims(spool):
 
     assert spool.recover() == 0  # the held claim is still held
     assert files(spool.cur) == [held_id]
-    spool.done(held)
+    spool.settle(held, Disposition.DONE)
     assert files(spool.cur) == []
 
 
@@ -141,7 +141,7 @@ def test_put_claimed_is_held_in_cur(spool):
     assert claim.raw == RAW and claim.envelope.source == "pipe"
     assert spool.recover() == 0  # held: not an orphan
     assert files(spool.cur) == [claim.spool_id]
-    spool.done(claim)
+    spool.settle(claim, Disposition.DONE)
     assert files(spool.cur) == []
 
 
@@ -202,7 +202,7 @@ def test_an_unreadable_file_is_set_aside_not_claimed(spool):
     assert spool.waiting() == [good] and files(spool.cur) == []
     claim = spool.claim(good)
     assert claim.raw == RAW
-    spool.done(claim)
+    spool.settle(claim, Disposition.DONE)
 
 
 def test_recover_sets_aside_an_unreadable_file_in_cur(spool):

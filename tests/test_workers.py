@@ -1,4 +1,4 @@
-"""Processing in worker processes (`[processing] processes`, mailgate.workers): a real
+"""Processing in worker processes (`[processing] processes`, mailgate.serve.workers): a real
 `mailgate serve` with two children, mail over SMTP, /metrics, SIGHUP, SIGTERM, a worker that
 dies and a daemon that is killed."""
 

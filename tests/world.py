@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mailgate.app import App
-from mailgate import directory
+from mailgate import contacts
 from mailgate.ingest import pipe
 from tests.support import SUPPORT, make_message
 
@@ -23,11 +23,11 @@ SEEDS = [
 def build(app: App, seed_tickets: bool = True) -> None:
     """Acme (region eu) and Globex with their contacts; dave disabled; SD-1 and SD-2 in review."""
     with app.db.session() as s:
-        directory.add_organisation(s, "Acme", "eu")
-        directory.add_organisation(s, "Globex")
+        contacts.add_organisation(s, "Acme", "eu")
+        contacts.add_organisation(s, "Globex")
         for email, name, org, language in CONTACTS:
-            directory.add_contact(s, email, name, org, language)
-        directory.disable_contact(s, "dave@acme.example")
+            contacts.add_contact(s, email, name, org, language)
+        contacts.disable_contact(s, "dave@acme.example")
     if not seed_tickets:
         return
     for sender, subject, message_id in SEEDS:

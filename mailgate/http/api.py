@@ -17,16 +17,16 @@ import sqlalchemy as sa
 from aiohttp import web
 from sqlmodel import Session, select
 
-from mailgate import notify, views
+from mailgate import shapes
 from mailgate.app import App
 from mailgate.http import APP
 from mailgate.config import AgentConfig
 from mailgate.db import run_blocking
-from mailgate.models import Contact, Organisation, Ticket, utcnow
-from mailgate.tickets import service
+from mailgate.contacts import find_contact
+from mailgate.models import Contact, Organisation, Ticket
+from mailgate.tickets import actions, service
 
 PREFIX = "/api/v1"
-AGENT = web.AppKey("agent", AgentConfig)
 
 
 class ApiError(Exception):
@@ -105,33 +105,27 @@ def _list(app: App, agent: AgentConfig, f: dict) -> list[dict]:
             query = query.join(Contact, Contact.id == Ticket.creator_id).where(Contact.email == f["creator"].lower())
         if f["q"]:
             query = query.where(Ticket.summary.ilike(f"%{_escape_like(f['q'])}%", escape="\\"))
-        names = views.Names(s)
-        return [views.ticket_summary(t, names) for t in s.exec(query)]
+        names = shapes.Names(s)
+        return [shapes.ticket_summary(t, names) for t in s.exec(query)]
 
 
 def _show(app: App, agent: AgentConfig, key: str) -> dict:
     with app.db.read_session() as s:
-        return views.ticket_detail(_ticket(s, agent, key), views.Names(s))
+        return shapes.ticket_detail(_ticket(s, agent, key), shapes.Names(s))
 
 
 def _comment(app: App, agent: AgentConfig, key: str, body: dict) -> dict:
     with app.db.session() as s:
         ticket = _ticket(s, agent, key)
-        _, events = _rules(service.agent_comment, s, ticket, agent.name, body["body"], body.get("internal", False), utcnow())
-        notify.queue(s, app, events)
-        return views.ticket_detail(ticket, views.Names(s))
+        _rules(actions.comment, s, app, ticket, agent.name, body["body"], body.get("internal", False))
+        return shapes.ticket_detail(ticket, shapes.Names(s))
 
 
 def _set(app: App, agent: AgentConfig, key: str, body: dict) -> dict:
     with app.db.session() as s:
         ticket = _ticket(s, agent, key)
-        fields = {k: body[k] for k in ("status", "type", "priority") if k in body}
-        events = _rules(service.agent_set, ticket, utcnow(), **fields) if fields else []
-        if "confidential" in body:
-            ticket.confidential = body["confidential"]
-        s.add(ticket)
-        notify.queue(s, app, events)
-        return views.ticket_detail(ticket, views.Names(s))
+        _rules(actions.set_fields, s, app, ticket, **body)
+        return shapes.ticket_detail(ticket, shapes.Names(s))
 
 
 def _subscribe(app: App, agent: AgentConfig, key: str, email: str, on: bool) -> dict:
@@ -139,7 +133,7 @@ def _subscribe(app: App, agent: AgentConfig, key: str, email: str, on: bool) -> 
 
     with app.db.session() as s:
         ticket = _ticket(s, agent, key)
-        contact = s.exec(select(Contact).where(Contact.email == email.strip().lower())).first()
+        contact = find_contact(s, email)
         if contact is None:
             raise ApiError(404, f"no contact {email}")
         try:
@@ -150,10 +144,7 @@ def _subscribe(app: App, agent: AgentConfig, key: str, email: str, on: bool) -> 
 
 
 def _ticket(session: Session, agent: AgentConfig, key: str) -> Ticket:
-    ticket = session.exec(
-        select(Ticket).join(Organisation, Organisation.id == Ticket.organisation_id)
-        .where(Ticket.key == key.upper(), _visible(agent))
-    ).first()
+    ticket = service.find_ticket(session, key, _visible(agent))
     if ticket is None:
         raise ApiError(404, f"no ticket {key}")
     return ticket
@@ -163,7 +154,8 @@ def _visible(agent: AgentConfig):
     """Non-confidential tickets for all; confidential ones for agents of the org's region."""
     if not agent.region:
         return Ticket.confidential.is_(False)
-    return sa.or_(Ticket.confidential.is_(False), Organisation.region == agent.region)
+    of_region = select(Organisation.id).where(Organisation.region == agent.region)
+    return sa.or_(Ticket.confidential.is_(False), Ticket.organisation_id.in_(of_region))
 
 
 def _rules(action, *args, **kwargs):

@@ -12,14 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiohttp import web
-from sqlmodel import select
 
 from mailgate.app import App
-from mailgate.http import APP
+from mailgate.contacts import find_contact
 from mailgate.db import run_blocking
-from mailgate.models import Contact, Ticket
-from mailgate.tickets import service
+from mailgate.http import APP
 from mailgate.notify import subscriptions, tokens
+from mailgate.tickets import service
 
 ONE_CLICK = ("List-Unsubscribe", "One-Click")
 # The page's URL is the credential: keep it out of caches, Referer headers and search engines.
@@ -66,8 +65,7 @@ def _apply(app: App, token: str, notify: bool | None) -> _State:
         raise web.HTTPNotFound(text="This link is not valid.\n")
     key, email = found
     with app.db.session() as session:
-        ticket = session.exec(select(Ticket).where(Ticket.key == key)).first()
-        contact = session.exec(select(Contact).where(Contact.email == email)).first()
+        ticket, contact = service.find_ticket(session, key), find_contact(session, email)
         if ticket is None or contact is None:
             raise web.HTTPNotFound(text="This link is not valid.\n")
         if not service.may_see(ticket, contact):

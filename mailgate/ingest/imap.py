@@ -28,7 +28,6 @@ import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from types import SimpleNamespace
 from typing import Callable
 
 import tenacity
@@ -37,8 +36,10 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 
 from mailgate.app import App
 from mailgate.config import ImapConfig
+from mailgate.core.aio import OutageLog, wait_seconds
 from mailgate.models import utcnow
-from mailgate.spool import Envelope, SpoolError
+from mailgate.core.spool import Envelope, SpoolError
+from mailgate.errors import first_line
 
 log = logging.getLogger("mailgate.imap")
 
@@ -50,7 +51,7 @@ IDLE_CHECK_SECONDS = 1.0  # how soon an IDLE notices that the daemon is stopping
 LOGIN_RETRY_SECONDS = 300  # a wrong password does not fix itself; don't hammer the server
 TIMEOUT = SocketTimeout(connect=15, read=60)
 MOVE_BATCH = 25  # spooled messages moved per command
-_BACKOFF = tenacity.wait_exponential_jitter(initial=1, max=30, jitter=1)
+_BACKOFF = tenacity.wait_exponential_jitter(multiplier=1, max=30, jitter=1)
 
 CONNECTED, DISCONNECTED, LOGIN_FAILED = "connected", "disconnected", "login failed"
 
@@ -100,8 +101,8 @@ class Poller:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"imap-{self.name}")
         self._spooled: set[int] = set()  # UIDs already in the spool but not yet moved away
         self._uidvalidity: int | None = None
-        self._down_since: float | None = None
-        self._sync_problem: str | None = None
+        self._connection = OutageLog(log)  # down: cannot connect or log in
+        self._sync_trouble = OutageLog(log)  # connected, but messages cannot be taken
 
     async def run(self, stopping: asyncio.Event) -> None:
         try:
@@ -291,42 +292,33 @@ class Poller:
         was = self.state.status
         self.state.status, self.state.mode = CONNECTED, "idle" if session.idle else "poll"
         waiting = "waiting with IDLE" if session.idle else f"polling every {self.box.poll_seconds:g}s"
-        if was in (DISCONNECTED, LOGIN_FAILED):
-            log.warning("IMAP %s: connected again after %.0fs; %s", self.name, time.monotonic() - self._down_since, waiting)
-        else:
+        if self._connection.recovered(f"IMAP {self.name}: connected again after {{seconds:.0f}}s; {waiting}") is None:
             log.info("IMAP %s: connected to %s:%d, folder %s (UIDVALIDITY %s); %s",
                      self.name, self.box.host, self.box.port, self.box.folder, self._uidvalidity, waiting)
-        self._down_since = None
 
     def _down(self, status: str, error: Exception) -> None:
         text = _describe(error)
         was = self.state.status
         self.state.status, self.state.last_error, self.state.activity = status, text, ""
         self.state.failures += 1
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-        if was == status:  # still the same outage: once is enough
-            log.debug("IMAP %s: still %s: %s", self.name, status, text)
-        elif status == LOGIN_FAILED:
-            log.error("IMAP %s: login failed for user %s at %s:%d: %s; retrying every %ds",
-                      self.name, self.box.username, self.box.host, self.box.port, text, LOGIN_RETRY_SECONDS)
+        box = self.box
+        if status == LOGIN_FAILED:
+            message = (f"IMAP {self.name}: login failed for user {box.username} at {box.host}:{box.port}: {text}; "
+                       f"retrying every {LOGIN_RETRY_SECONDS}s")
         elif was == CONNECTED:
-            log.error("IMAP %s: connection lost: %s; reconnecting in the background", self.name, text)
+            message = f"IMAP {self.name}: connection lost: {text}; reconnecting in the background"
         else:
-            log.error("IMAP %s: cannot connect to %s:%d: %s; retrying in the background",
-                      self.name, self.box.host, self.box.port, text)
+            message = f"IMAP {self.name}: cannot connect to {box.host}:{box.port}: {text}; retrying in the background"
+        self._connection.failed(message, kind=status)  # an error once per outage, then debug
 
     def _sync_failed(self, problem: str) -> bool:
         self.state.last_error = problem
-        if problem != self._sync_problem:
-            log.error("IMAP %s: %s; the messages stay on the server and are tried again", self.name, problem)
-            self._sync_problem = problem
+        self._sync_trouble.failed(f"IMAP {self.name}: {problem}; the messages stay on the server and are tried again",
+                                  kind=problem)
         return False
 
     def _sync_done(self) -> None:
-        if self._sync_problem is not None:
-            log.warning("IMAP %s: messages are taken again", self.name)
-            self._sync_problem = None
+        self._sync_trouble.recovered(f"IMAP {self.name}: messages are taken again")
 
 
 class Pollers:
@@ -434,21 +426,19 @@ def _return_path(raw: bytes) -> str | None:
 
 
 def _backoff(failures: int) -> float:
-    """Seconds before try number FAILURES+1: exponential with jitter, capped at 30 s.
-    (tenacity's wait strategies read nothing but the attempt number.)"""
-    return _BACKOFF(SimpleNamespace(attempt_number=max(failures, 1)))
+    """Seconds before try number FAILURES+1: exponential with jitter, capped at 30 s."""
+    return wait_seconds(_BACKOFF, failures)
 
 
 def _describe(error: BaseException) -> str:
     """One line for the log and /healthz: the error's type (unless it is one of ours, which say
     it all) and its first line, without the b'' imaplib wraps server replies in."""
-    lines = str(error).strip().splitlines()
-    text = lines[0][:300] if lines else ""
+    text = first_line(error)
     if text.startswith(("b'", 'b"')) and text[-1:] == text[1]:
         text = text[2:-1]
-    if isinstance(error, (LoginFailed, ConnectionLost)):
+    if isinstance(error, (LoginFailed, ConnectionLost)) or text == type(error).__name__:
         return text
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return f"{type(error).__name__}: {text}"
 
 
 async def _wait(stopping: asyncio.Event, seconds: float) -> None:

@@ -21,7 +21,7 @@ from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, syntax
 from mailgate.app import App
 from mailgate.db import run_blocking
 from mailgate.mail.addresses import is_support_address
-from mailgate.spool import Envelope, SpoolError
+from mailgate.core.spool import Envelope, SpoolError
 
 log = logging.getLogger("mailgate.smtp")
 

@@ -8,10 +8,9 @@ delivers them later; when the transaction commits it is woken, if it runs in thi
     compose.py        template variables and threading headers of one ticket mail
     render.py         Jinja2 templates → a message whose headers no customer text can touch
     notices.py        the once-a-day notice to unknown senders (§4.4)
-    outbox.py         the outbound row: VERP return path, thread, per-recipient rate limit
     subscriptions.py  turning notifications on and off
     tokens.py         the signed links for that
-    bounces.py        DSNs that mark a row bounced (§4.3)
+The rows themselves are written by `mailgate.outbound.enqueue`.
 """
 
 from __future__ import annotations
@@ -20,8 +19,9 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from mailgate.models import Outbound, Ticket, utcnow
-from mailgate.notify import compose, notices, outbox
+from mailgate.notify import compose, notices
 from mailgate.notify.recipients import recipients
+from mailgate.outbound import enqueue
 
 
 def queue(session: Session, app, events) -> list[Outbound]:
@@ -45,7 +45,7 @@ def _ticket_event(session: Session, app, event, now) -> list[Outbound]:
     mail = compose.EventMail(session, app, ticket, event)
     mails = [(recipient.contact.email, mail.render(recipient, now))
              for recipient in recipients(session, ticket, event)]
-    return outbox.add_many(session, app, ticket=ticket, event=event.kind, mails=mails, now=now)
+    return enqueue.add_many(session, app, ticket=ticket, event=event.kind, mails=mails, now=now)
 
 
 def _wake_sender_after_commit(session: Session, app) -> None:

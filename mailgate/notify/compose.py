@@ -11,7 +11,7 @@ from datetime import datetime
 
 from sqlmodel import Session, select
 
-from mailgate.events import Event
+from mailgate.tickets.events import Event
 from mailgate.models import Comment, Contact, Inbound, Organisation, Outbound, Ticket
 from mailgate.notify import tokens
 from mailgate.notify.recipients import Recipient

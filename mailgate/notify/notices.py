@@ -16,10 +16,10 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from mailgate.db import insert_if_absent
-from mailgate.events import Event
+from mailgate.tickets.events import Event
 from mailgate.mail.addresses import is_support_address
 from mailgate.models import Outbound, SenderNotice
-from mailgate.notify import outbox
+from mailgate.outbound import enqueue
 from mailgate.notify.render import NOTICE_LANGUAGES, NOTICE_SUBJECT, Headers, is_mailable_address
 
 INTERVAL = timedelta(hours=24)
@@ -38,7 +38,7 @@ def queue(session: Session, app, event: Event, now: datetime) -> list[Outbound]:
     context = {"address": address, "support_address": app.config.from_address,
                "from_name": app.config.outbound.from_name}
     rendered = app.renderer.mail(event.kind, NOTICE_LANGUAGES, context, headers, now)
-    return [outbox.add(session, app, ticket=None, event=event.kind, recipient=address, rendered=rendered, now=now)]
+    return [enqueue.add(session, app, ticket=None, event=event.kind, recipient=address, rendered=rendered, now=now)]
 
 
 def _claim(session: Session, address: str, now: datetime) -> bool:

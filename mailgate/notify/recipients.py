@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from sqlmodel import Session, select
 
-from mailgate.events import Event
+from mailgate.tickets.events import Event
 from mailgate.models import Comment, Contact, Subscription, Ticket
 
 CREATOR, MEMBER, SUBSCRIBED = "creator", "member", "subscribed"

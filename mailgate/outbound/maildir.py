@@ -13,6 +13,7 @@ import socket
 import time
 from pathlib import Path
 
+from mailgate.core.durable import commit, write_tmp
 from mailgate.db import run_blocking
 from mailgate.outbound.errors import Outage
 
@@ -28,12 +29,8 @@ class Maildir:
         name = _unique_name(outbound_id)
         tmp, final = self.root / "tmp" / name, self.root / "new" / name
         head = f"Return-Path: <{envelope_sender}>\r\nDelivered-To: {recipient}\r\n".encode()
-        with open(tmp, "wb") as f:
-            f.write(head + message)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, final)
-        _fsync_dir(final.parent)
+        write_tmp(tmp, (head, message))
+        commit(tmp, final)
         return final
 
 
@@ -60,10 +57,3 @@ def _unique_name(outbound_id: int) -> str:
     host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
     return f"{int(now)}.M{int(now % 1 * 1_000_000):06d}P{os.getpid()}Q{outbound_id}.{host}"
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -21,11 +21,12 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
-from mailgate.aio import wait_any
+from mailgate.core.aio import OutageLog, wait_any
 from mailgate.app import App
 from mailgate.db import run_blocking
+from mailgate.errors import first_line, is_transient
 from mailgate.models import utcnow
-from mailgate.outbound import outbox
+from mailgate.outbound import claims
 from mailgate.outbound.errors import Outage, PermanentFailure, TemporaryFailure
 from mailgate.outbound.maildir import MaildirTransport
 from mailgate.outbound.relay import Relay
@@ -37,7 +38,7 @@ CLAIM_BATCH = 20  # rows leased in one transaction
 
 
 @dataclass
-class Report:
+class SendReport:
     sent: int = 0
     deferred: int = 0
     failed: int = 0
@@ -52,9 +53,8 @@ class Sender:
         self.db = app.db
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._outage_since: float | None = None
-        self._outages = 0  # consecutive passes that ended in an outage
-        self._trouble = False  # a pass failed (database away); logged once
+        self._relay_outage = OutageLog(log)  # the relay (or the Maildir) cannot take mail
+        self._database_outage = OutageLog(log)  # the outbox itself cannot be read
 
     # --- entry points ------------------------------------------------------------------
 
@@ -66,12 +66,12 @@ class Sender:
             self._wake.clear()
             try:
                 await self._pass(stopping)
-                self._trouble_over()
+                self._database_outage.recovered("outbox reachable again after {seconds:.0f}s; sending resumed")
             except Exception as e:  # the database is away, or a bug: never end the loop
-                self._log_trouble(e)
+                self._pass_failed(e)
             await self._pause(stopping)
 
-    async def flush(self) -> Report:
+    async def flush(self) -> SendReport:
         """One pass: send what is due now, then return (`mailgate outbox flush`)."""
         await self._take_back_dead_claims()
         return await self._pass(asyncio.Event())
@@ -83,24 +83,24 @@ class Sender:
 
     async def _take_back_dead_claims(self) -> None:
         try:
-            count = await run_blocking(outbox.release_dead_claims, self.db, utcnow())
+            count = await run_blocking(claims.release_dead_claims, self.db, utcnow())
         except sa.exc.SQLAlchemyError as e:  # the database is away: leases run out by themselves
-            self._log_trouble(e)
+            self._pass_failed(e)
             return
         if count:
             log.warning("took back %d message(s) a crashed sender on this host had claimed", count)
 
     # --- one pass ----------------------------------------------------------------------
 
-    async def _pass(self, stopping: asyncio.Event) -> Report:
-        report = Report()
-        report.expired = await run_blocking(outbox.expire, self.db, utcnow(), self.cfg.max_age_hours)
+    async def _pass(self, stopping: asyncio.Event) -> SendReport:
+        report = SendReport()
+        report.expired = await run_blocking(claims.expire, self.db, utcnow(), self.cfg.max_age_hours)
         transport = self._transport()
         try:
             while not stopping.is_set():
                 claimed_at = time.monotonic()
                 batch = await run_blocking(
-                    outbox.claim_due, self.db, utcnow(), 2 * self._lease, self.app.config.from_address, CLAIM_BATCH,
+                    claims.claim_due, self.db, utcnow(), 2 * self._lease, self.app.config.from_address, CLAIM_BATCH,
                 )
                 if not batch or not await self._deliver_batch(transport, batch, claimed_at, report, stopping):
                     break
@@ -108,8 +108,8 @@ class Sender:
             await transport.close()
         return report
 
-    async def _deliver_batch(self, transport, batch: list[outbox.Claimed], claimed_at: float,
-                             report: Report, stopping: asyncio.Event) -> bool:
+    async def _deliver_batch(self, transport, batch: list[claims.Claimed], claimed_at: float,
+                             report: SendReport, stopping: asyncio.Event) -> bool:
         """Deliver a claimed batch in order, renewing its lease whenever less than one
         delivery's worth is left; rows not reached (shutdown, outage) are given back at once.
         False when the pass should end."""
@@ -120,7 +120,7 @@ class Sender:
                 if held_until - time.monotonic() < self._lease:
                     renewed_at = time.monotonic()
                     pending = await run_blocking(
-                        outbox.renew, self.db, pending, utcnow() + timedelta(seconds=2 * self._lease))
+                        claims.renew, self.db, pending, utcnow() + timedelta(seconds=2 * self._lease))
                     held_until = renewed_at + 2 * self._lease
                     continue
                 claim = pending.pop(0)
@@ -129,23 +129,23 @@ class Sender:
             return not stopping.is_set()
         finally:
             if pending:
-                await run_blocking(outbox.release, self.db, pending)
+                await run_blocking(claims.release, self.db, pending)
 
     @property
     def _lease(self) -> float:
-        return outbox.lease_seconds(self.cfg)
+        return claims.lease_seconds(self.cfg)
 
-    async def _deliver(self, transport, claim: outbox.Claimed, report: Report) -> bool:
+    async def _deliver(self, transport, claim: claims.Claimed, report: SendReport) -> bool:
         """Deliver one claimed row and record the result; False when the pass should end."""
         started = time.monotonic()
         try:
             await transport.send(claim.id, claim.envelope_sender, claim.recipient, claim.message)
         except asyncio.CancelledError:
-            await run_blocking(outbox.release, self.db, [claim])  # shutdown: let the next run have it
+            await run_blocking(claims.release, self.db, [claim])  # shutdown: let the next run have it
             raise
         except PermanentFailure as e:
             self.app.metrics.send_failed(permanent=True)
-            await self._record(outbox.mark_failed, claim, str(e))
+            await self._record(claims.mark_failed, claim, str(e))
             report.failed += 1
             self._log(claim, "failed", started, e)
             return True
@@ -160,21 +160,21 @@ class Sender:
                 report.outage = str(e)
                 return False
             return True
-        await self._record(outbox.mark_sent, claim, utcnow())
+        await self._record(claims.mark_sent, claim, utcnow())
         report.sent += 1
         self._log(claim, "sent", started)
         self._outage_over(transport)
         return True
 
-    async def _retry_later(self, claim: outbox.Claimed, error: TemporaryFailure) -> str:
-        when = outbox.retry_at(claim, self.cfg, utcnow())
+    async def _retry_later(self, claim: claims.Claimed, error: TemporaryFailure) -> str:
+        when = claims.retry_at(claim, self.cfg, utcnow())
         if when is None:
-            await self._record(outbox.mark_failed, claim, f"not delivered within {self.cfg.max_age_hours:g} h: {error}")
+            await self._record(claims.mark_failed, claim, f"not delivered within {self.cfg.max_age_hours:g} h: {error}")
             return "failed"
-        await self._record(outbox.defer, claim, str(error), when)
+        await self._record(claims.defer, claim, str(error), when)
         return "deferred"
 
-    async def _record(self, mark, claim: outbox.Claimed, *args) -> None:
+    async def _record(self, mark, claim: claims.Claimed, *args) -> None:
         if not await run_blocking(mark, self.db, claim, *args):
             log.warning("outbound id=%d: lease lost before the result was recorded (another sender took it)", claim.id)
 
@@ -186,14 +186,14 @@ class Sender:
     # --- waiting -----------------------------------------------------------------------
 
     async def _pause(self, stopping: asyncio.Event) -> None:
-        if self._outage_since is not None:  # woken or not, the relay needs its rest
-            await wait_any(stopping, timeout=outbox.backoff(self._outages, self.cfg))
+        if self._relay_outage.down:  # woken or not, the relay needs its rest
+            await wait_any(stopping, timeout=claims.backoff(self._relay_outage.failures, self.cfg))
             return
         await wait_any(stopping, self._wake, timeout=await self._until_due())
 
     async def _until_due(self) -> float:
         try:
-            due = await run_blocking(outbox.next_due, self.db, utcnow())
+            due = await run_blocking(claims.next_due, self.db, utcnow())
         except sa.exc.SQLAlchemyError:
             return self.cfg.poll_seconds
         if due is None:
@@ -203,32 +203,20 @@ class Sender:
 
     # --- logging: one line per message, an outage once ---------------------------------
 
-    def _log(self, claim: outbox.Claimed, status: str, started: float, error: Exception | None = None) -> None:
-        quiet = isinstance(error, Outage) and self._outage_since is not None
+    def _log(self, claim: claims.Claimed, status: str, started: float, error: Exception | None = None) -> None:
+        quiet = isinstance(error, Outage) and self._relay_outage.down
         log.log(logging.DEBUG if quiet else logging.INFO, "outbound id=%d to=%s status=%s ms=%.0f%s",
                 claim.id, claim.recipient, status, (time.monotonic() - started) * 1000,
                 f" error={error}" if error else "")
 
     def _outage_started(self, transport, error: Outage) -> None:
-        self._outages += 1
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
-            log.error("%s unavailable: %s; mail stays queued and is retried", transport.name, error)
+        self._relay_outage.failed(f"{transport.name} unavailable: {error}; mail stays queued and is retried")
 
     def _outage_over(self, transport) -> None:
-        if self._outage_since is not None:
-            log.warning("%s reachable again after %.0fs; sending resumed", transport.name,
-                        time.monotonic() - self._outage_since)
-        self._outage_since, self._outages = None, 0
+        self._relay_outage.recovered(f"{transport.name} reachable again after {{seconds:.0f}}s; sending resumed")
 
-    def _log_trouble(self, error: Exception) -> None:
-        if not isinstance(error, sa.exc.OperationalError):
+    def _pass_failed(self, error: Exception) -> None:
+        if not is_transient(error):
             log.exception("sender pass failed; trying again")  # a bug: every time, with its traceback
-        elif not self._trouble:
-            log.error("outbox unreachable (database): %s; retrying", str(error).splitlines()[0])
-        self._trouble = True
-
-    def _trouble_over(self) -> None:
-        if self._trouble:
-            log.warning("outbox reachable again; sending resumed")
-        self._trouble = False
+            return
+        self._database_outage.failed(f"outbox unreachable (database): {first_line(error)}; retrying")

@@ -21,20 +21,20 @@ from sqlmodel import Session, select
 
 from mailgate import notify
 from mailgate.config import LifecycleConfig
-from mailgate.events import Event
+from mailgate.tickets.events import Event
 from mailgate.models import Ticket, aware
 from mailgate.tickets import service
 
 
 @dataclass
-class Report:
+class PassReport:
     closed: int = 0
     reminded: int = 0
 
 
-def run(app, now: datetime) -> Report:
+def run(app, now: datetime) -> PassReport:
     """One pass over the tickets whose timers may have run out."""
-    report = Report()
+    report = PassReport()
     cfg = app.config.lifecycle
     for ticket_id in _due(app, cfg, now):
         with app.db.session() as session:

@@ -12,12 +12,17 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from mailgate.blobs import BlobStore
-from mailgate.events import Event
 from mailgate.mail import refs
 from mailgate.mail.parse import ParsedAttachment
 from mailgate.models import Attachment, Comment, Contact, Counter, Subscription, ThreadMessage, Ticket
+from mailgate.tickets.events import Event
 
 TICKET_COUNTER = "ticket"
+
+
+def find_ticket(session: Session, key: str, *conditions) -> Ticket | None:
+    """The ticket with KEY (any case, blanks around it ignored) that meets CONDITIONS, or None."""
+    return session.exec(select(Ticket).where(Ticket.key == key.strip().upper(), *conditions)).first()
 
 
 def may_see(ticket: Ticket, contact: Contact) -> bool:

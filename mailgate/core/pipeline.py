@@ -1,13 +1,15 @@
-"""One message through the rules of SPEC §4, in one database transaction.
+"""One message through the rules of SPEC §4, in one database transaction: decide only.
 
 `Pipeline.process` decides what one spooled message becomes: the inbound record, and the
 ticket or comment with its attachments and the notifications it causes — all committed
-together or not at all. The loop around it (claiming from the spool, retrying, quarantining)
-lives in `mailgate.processor`; this module only decides.
+together or not at all. What happens to the spooled file afterwards is the runner's
+(`mailgate.core.runner`); the checks themselves are named functions in `mailgate.rules`.
 
-The stages, in order (each a small method below):
-    dedupe → parse failure → machine mail → sender → rate limit → reference → authorise
-    → comment, follow-up or new ticket
+`_decide` is the order of things, as a list:
+    parse failure → machine mail (and our own bounces) → sender → authentication
+    → reference → (wait for older mail) → comment, or rate limit → new or follow-up ticket
+De-duplication comes first, in `process`, because it is a race between instances that the
+database decides.
 """
 
 from __future__ import annotations
@@ -16,22 +18,24 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
+from typing import TYPE_CHECKING, Callable
 
-from sqlmodel import Session, func, select
+from sqlmodel import Session, select
 
 from mailgate import failpoints, notify
-from mailgate.app import App
+from mailgate.core.spool import Envelope
 from mailgate.db import insert_if_absent
-from mailgate.events import Event
-from mailgate.mail import authentication, autoreply, quotes, refs, subjects
+from mailgate.mail import quotes, refs, subjects
 from mailgate.mail.addresses import is_support_address
 from mailgate.mail.parse import Limits, ParsedMessage, UnparseableMessage, parse
-from mailgate.models import Contact, Inbound, Seen, ThreadMessage, Ticket, utcnow
-from mailgate.notify import bounces
-from mailgate.spool import Envelope
+from mailgate.models import Contact, Inbound, Seen, Ticket, utcnow
+from mailgate.rules import bounce, machine, reference, sender
 from mailgate.tickets import service
+from mailgate.tickets.events import Event
+
+if TYPE_CHECKING:
+    from mailgate.app import App
 
 log = logging.getLogger("mailgate.inbound")
 
@@ -61,7 +65,7 @@ class _Decision:
 
 
 class Pipeline:
-    def __init__(self, app: App):
+    def __init__(self, app: "App"):
         self.app = app
 
     @property
@@ -75,9 +79,9 @@ class Pipeline:
     # --- entry points ------------------------------------------------------------------
 
     def process(self, spool_id: str, envelope: Envelope, raw: bytes,
-                may_defer: Callable[[], bool] | None = None) -> Result:
+                wait_for_older: Callable[[], bool] | None = None) -> Result:
         """Process one spooled message; idempotent per spool id (a crash may repeat it).
-        MAY_DEFER, when given, is asked before a message whose references find no ticket
+        WAIT_FOR_OLDER, when given, is asked before a message whose references find no ticket
         becomes a new ticket; True raises Deferred."""
         started = time.monotonic()
         with self.app.db.read_session() as session:  # no write lock for "already done?"
@@ -92,7 +96,7 @@ class Pipeline:
             if original is not None:
                 decision = _Decision("duplicate", ticket=_ticket(session, original.ticket_id))
             else:
-                decision = self._decide(session, inbound, envelope, parsed, parse_error, may_defer)
+                decision = self._decide(session, inbound, envelope, parsed, parse_error, wait_for_older)
             result = self._finish(session, inbound, decision)
             failpoints.hit("before_commit", raw)
         failpoints.hit("after_commit", raw)
@@ -138,69 +142,32 @@ class Pipeline:
 
     # --- the stages --------------------------------------------------------------------
 
-    def _decide(self, session, inbound, envelope, parsed, parse_error, may_defer=None) -> _Decision:
+    def _decide(self, session, inbound, envelope, parsed, parse_error, wait_for_older=None) -> _Decision:
         failpoints.hit("pipeline", parsed and parsed.subject.encode() or b"")
+        cfg = self.config
         if parsed is None:
             return _Decision("quarantined", error=parse_error)
-        if reason := autoreply.reason(parsed.headers, envelope.sender, parsed.from_address):
-            bounced = bounces.record(session, self.app, parsed, envelope)  # SPEC §4.3: our own mail bounced
+        if why := machine.reason(parsed.headers, envelope.sender, parsed.from_address):
+            bounced = bounce.record(session, self.app, parsed, envelope)  # our own mail bounced
             note = f"; bounce of outbound {', '.join(map(str, bounced))}" if bounced else ""
-            return _Decision("ignored_auto", error=f"machine mail: {reason}{note}")
-        contact = _active_contact(session, parsed.from_address)
+            return _Decision("ignored_auto", error=f"machine mail: {why}{note}")
+        contact = sender.active_contact(session, parsed.from_address)
         if contact is None:
             notice = Event("unknown_sender_notice", None, data={"address": parsed.from_address})
             return _Decision("rejected_unknown_sender", events=[notice] if parsed.from_address else [])
-        if self._unauthenticated(parsed):
+        if sender.unauthenticated(cfg.policy, parsed):
             return _Decision("rejected_unauthenticated", error="no DMARC or aligned DKIM pass from the trusted MTA")
-        ticket = self._referenced_ticket(session, parsed, contact)
-        if ticket is None and (parsed.in_reply_to or parsed.references) and may_defer and may_defer():
+        ticket = reference.referenced_ticket(session, self.app.signer, cfg.tickets.key_prefix, parsed, contact)
+        if ticket is None and (parsed.in_reply_to or parsed.references) and wait_for_older and wait_for_older():
             # Worked beside the mail it answers (a backlog, several workers), a reply would
             # otherwise open a ticket of its own when it commits first.
             raise Deferred()
         now = utcnow()
         if ticket is not None and ticket.status != "closed":
             return self._comment(session, inbound, parsed, contact, ticket, now)
-        if self._over_rate_limit(session, contact, now):
+        if sender.over_rate_limit(session, cfg.policy, contact, now):
             return _Decision("rate_limited", error="too many new tickets from this sender in the last hour")
         return self._new_ticket(session, inbound, parsed, contact, now, follow_up_of=ticket)
-
-    def _unauthenticated(self, parsed: ParsedMessage) -> bool:
-        policy = self.config.policy
-        if not policy.require_authenticated_sender:
-            return False
-        return not authentication.authenticated(parsed.headers, parsed.from_address, policy.trusted_authserv_id)
-
-    def _referenced_ticket(self, session: Session, parsed: ParsedMessage, contact: Contact) -> Ticket | None:
-        """SPEC §4.5–4.6: the first referenced ticket that exists, if the sender may see it."""
-        for ticket in self._references(session, parsed):
-            return ticket if service.may_see(ticket, contact) else None
-        return None
-
-    def _references(self, session: Session, parsed: ParsedMessage):
-        for key in refs.keys_in_subject(parsed.subject, self.config.tickets.key_prefix):
-            ticket = session.exec(select(Ticket).where(Ticket.key == key)).first()
-            if ticket is not None:
-                yield ticket
-        for message_id in [*reversed(parsed.in_reply_to), *reversed(parsed.references)]:
-            if ticket := self._thread_ticket(session, message_id):
-                yield ticket
-
-    def _thread_ticket(self, session: Session, message_id: str) -> Ticket | None:
-        signed_key = self.app.signer.ticket_of(message_id)
-        if signed_key is not None:
-            return session.exec(select(Ticket).where(Ticket.key == signed_key)).first()
-        thread = session.get(ThreadMessage, refs.id_hash(message_id))
-        return session.get(Ticket, thread.ticket_id) if thread else None
-
-    def _over_rate_limit(self, session: Session, contact: Contact, now: datetime) -> bool:
-        limit = self.config.policy.max_new_tickets_per_sender_per_hour
-        if limit <= 0:
-            return False
-        recent = session.exec(
-            select(func.count()).select_from(Ticket)
-            .where(Ticket.creator_id == contact.id, Ticket.created_at >= now - timedelta(hours=1))
-        ).one()
-        return recent >= limit
 
     def _comment(self, session, inbound, parsed, contact, ticket, now) -> _Decision:
         body = quotes.new_text(parsed.text)
@@ -225,16 +192,16 @@ class Pipeline:
         service.add_to_thread(session, ticket, parsed.message_id)
         return _Decision("ticket_created", ticket=ticket, events=events)
 
-    def _participants(self, session: Session, parsed: ParsedMessage, sender: Contact) -> list[Contact]:
+    def _participants(self, session: Session, parsed: ParsedMessage, creator: Contact) -> list[Contact]:
         """Cc'd (and To'd) active contacts of the sender's organisation (SPEC §4.8)."""
         support = self.config.support_addresses
-        addresses = {a for a in [*parsed.to, *parsed.cc] if a != sender.email and not is_support_address(a, support)}
+        addresses = {a for a in [*parsed.to, *parsed.cc] if a != creator.email and not is_support_address(a, support)}
         if not addresses:
             return []
         return list(session.exec(
             select(Contact).where(
                 Contact.email.in_(sorted(addresses)), Contact.active.is_(True),
-                Contact.organisation_id == sender.organisation_id,
+                Contact.organisation_id == creator.organisation_id,
             )
         ))
 
@@ -302,14 +269,6 @@ def _claim_dedupe_key(session: Session, inbound: Inbound) -> Inbound | None:
         return None
     seen = session.get(Seen, inbound.dedupe_key)
     return session.get(Inbound, seen.inbound_id)
-
-
-def _active_contact(session: Session, address: str | None) -> Contact | None:
-    if not address:
-        return None
-    return session.exec(
-        select(Contact).where(Contact.email == address.lower(), Contact.active.is_(True))
-    ).first()
 
 
 def _ticket(session: Session, ticket_id: int | None) -> Ticket | None:

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 import tenacity
 from sqlmodel import func, or_, select
 
-from mailgate.aio import wait_seconds
+from mailgate.core.aio import wait_seconds
 from mailgate.config import OutboundConfig
 from mailgate.db import Database
 from mailgate.models import Outbound, aware

@@ -1,4 +1,5 @@
-"""Writing a rendered notification into the outbox, inside the caller's transaction.
+"""Writing rendered mail into the outbox (the transactional outbox of SPEC §7), inside the
+caller's transaction.
 
 Each row gets its VERP return path (it needs the row's id, hence the flush) and joins its
 ticket's thread, so a reply that references its Message-ID finds the ticket even without the
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlmodel import Session, func, select
 
 from mailgate.models import Outbound, Ticket
-from mailgate.notify.render import Rendered
 from mailgate.outbound import verp
 from mailgate.tickets import service
+
+if TYPE_CHECKING:
+    from mailgate.notify.render import Rendered
 
 log = logging.getLogger("mailgate.notify")
 
@@ -25,12 +29,12 @@ RATE_LIMITED = "rate limited"
 
 
 def add(session: Session, app, *, ticket: Ticket | None, event: str, recipient: str,
-        rendered: Rendered, now: datetime) -> Outbound:
+        rendered: "Rendered", now: datetime) -> Outbound:
     return add_many(session, app, ticket=ticket, event=event, mails=[(recipient, rendered)], now=now)[0]
 
 
 def add_many(session: Session, app, *, ticket: Ticket | None, event: str,
-             mails: list[tuple[str, Rendered]], now: datetime) -> list[Outbound]:
+             mails: list[tuple[str, "Rendered"]], now: datetime) -> list[Outbound]:
     """One row per (recipient, rendered) of one event, with one rate-limit query and one flush
     for all of them. The recipients of one event are distinct."""
     if not mails:

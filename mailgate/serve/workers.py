@@ -3,9 +3,9 @@
 One Python process runs its Python code on one core at a time; parsing, rules and the database
 work of a message are Python, and they compete with the listener for that core. With
 `[processing] processes = N` (N > 1) the daemon starts N children (`python -m
-mailgate.workers`), each running the same `Processor` over the same spool with
-`processing.workers` threads. Nothing new is needed for safety: a spooled message is claimed
-with an flock (mailgate.spool), so two processes never process one message, and a child that
+mailgate.serve.workers`), each running the same `Runner` over the same spool with
+`processing.threads` threads. Nothing new is needed for safety: a spooled message is claimed
+with an flock (mailgate.core.spool), so two processes never process one message, and a child that
 dies leaves its message to be recovered by the child started in its place.
 
 The daemon and a child talk over the child's standard streams:
@@ -18,7 +18,7 @@ Because EOF stops it, a daemon killed with SIGKILL leaves no child behind for lo
 
 A child that dies takes nothing with it, and the listener never notices: the daemon counts a
 death against each message the child had in hand and puts it back into the spool; a message
-that was in hand at `processor.MAX_DEATHS` deaths is quarantined without being parsed again, so
+that was in hand at `runner.MAX_DEATHS` deaths is quarantined without being parsed again, so
 mail that crashes the interpreter (a segfault in a C library) cannot keep a worker dying.
 """
 
@@ -36,10 +36,10 @@ import time
 import tenacity
 
 from mailgate import config as config_module
-from mailgate.aio import wait_any, wait_seconds
 from mailgate.app import App, configure_logging
+from mailgate.core.aio import wait_any, wait_seconds
+from mailgate.core.runner import MAX_DEATHS, Runner
 from mailgate.db import run_blocking
-from mailgate.processor import MAX_DEATHS, Processor
 
 log = logging.getLogger("mailgate.workers")
 
@@ -57,7 +57,7 @@ class WorkerPool:
         self._children: dict[int, asyncio.subprocess.Process] = {}
         self._ready: set[int] = set()  # children that handle SIGHUP (the default would kill them)
         self._reload_when_ready: set[int] = set()
-        self._in_hand: dict[int, set[str]] = {}  # pid → spool ids it holds
+        self._holding: dict[int, set[str]] = {}  # pid → spool ids it is working on
 
     def on_spooled(self) -> None:
         """A message is in the spool: wake every child (the first to claim it takes it)."""
@@ -90,7 +90,7 @@ class WorkerPool:
                 pid, code, held = None, None, set()
             else:
                 pid, code = child.pid, await self._supervise(child, stopping)
-                held = self._in_hand.pop(pid, set())
+                held = self._holding.pop(pid, set())
             if code == 0:  # it was told to stop (systemd signals the whole group): so are we, soon
                 await wait_any(stopping, timeout=STOP_SECONDS)
             if stopping.is_set():
@@ -110,7 +110,7 @@ class WorkerPool:
     async def _start(self) -> asyncio.subprocess.Process:
         source = self.app.config.source
         child = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mailgate.workers", *(["--config", source] if source else []),
+            sys.executable, "-m", "mailgate.serve.workers", *(["--config", source] if source else []),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )
         self._children[child.pid] = child
@@ -145,9 +145,9 @@ class WorkerPool:
                 if child.pid in self._reload_when_ready:
                     child.send_signal(signal.SIGHUP)
             elif kind == "taking":
-                self._in_hand.setdefault(child.pid, set()).add(rest)
+                self._holding.setdefault(child.pid, set()).add(rest)
             elif kind == "left":
-                self._in_hand.get(child.pid, set()).discard(rest)
+                self._holding.get(child.pid, set()).discard(rest)
             elif kind == "done":
                 outcome, _, seconds = rest.partition(" ")
                 self.app.metrics.message(outcome, float(seconds) if seconds else None)
@@ -180,14 +180,14 @@ class _Reports:
     def queued(self) -> None:
         self.send("queued")
 
-    def in_hand(self, spool_id: str, held: bool) -> None:
-        self.send(f"{'taking' if held else 'left'} {spool_id}")
+    def on_claim(self, spool_id: str, working: bool) -> None:
+        self.send(f"{'taking' if working else 'left'} {spool_id}")
 
 
 async def _serve_child(app: App, reports: "_Reports") -> int:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
-    processor = Processor(app, in_hand=reports.in_hand)
+    runner = Runner(app, on_claim=reports.on_claim).warm_up()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, app.reload)
@@ -197,27 +197,25 @@ async def _serve_child(app: App, reports: "_Reports") -> int:
 
     async def listen() -> None:
         while await wakes.readline():
-            processor.wake.set()
+            runner.wake.set()
         stopping.set()  # EOF: the daemon is stopping, or gone
 
     listening = asyncio.create_task(listen())
-    await processor.run(stopping)
+    await runner.run(stopping)
     listening.cancel()
     app.db.dispose()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mailgate.workers",
+    parser = argparse.ArgumentParser(prog="python -m mailgate.serve.workers",
                                      description="a processing worker of `mailgate serve` (started by it)")
     parser.add_argument("--config")
     args = parser.parse_args(argv)
     config = config_module.load(args.config) if args.config else config_module.Config()
     configure_logging(config)
     reports = _Reports(sys.stdout.fileno())
-    app = App(config, on_outbound_queued=reports.queued)
-    app.__dict__["metrics"] = reports  # the daemon keeps the figures; we only report
-    app.warm_up()
+    app = App(config, metrics=reports, on_outbound_queued=reports.queued)  # the daemon keeps the figures
     return asyncio.run(_serve_child(app, reports))
 
 

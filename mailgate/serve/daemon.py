@@ -1,11 +1,11 @@
-"""`mailgate serve`: the listeners, the processor, the sender, the mailboxes and the timers on
-one event loop (processing in worker processes instead with `[processing] processes`, see
-mailgate.workers).
+"""`mailgate serve`, the composition root: the listeners, the runner, the sender, the mailboxes
+and the timers on one event loop (processing in worker processes instead with `[processing]
+processes`, see mailgate.serve.workers).
 
 Startup prepares the state directory and schema, binds the listeners, says what it listens
 on, and tells systemd READY=1 (then pings its watchdog from the loop, so a blocked loop is
 noticed). SIGTERM or SIGINT: STOPPING=1, new connections get 421, the message being handed
-over is finished, the processor and the sender finish what they hold, exit 0 — all within
+over is finished, the runner and the sender finish what they hold, exit 0 — all within
 bounds. SIGHUP: reload the config file (what can change without a restart) and the templates.
 """
 
@@ -15,15 +15,16 @@ import asyncio
 import logging
 import signal
 
-from mailgate import sdnotify
-from mailgate.aio import wait_any
 from mailgate.app import App
+from mailgate.core.aio import wait_any
+from mailgate.core.runner import Runner
 from mailgate.db import run_blocking
+from mailgate.errors import first_line
 from mailgate.http import server as http_server
 from mailgate.ingest import imap, smtp
 from mailgate.outbound.sender import Sender
-from mailgate.processor import Processor
-from mailgate.workers import WorkerPool
+from mailgate.serve import sdnotify
+from mailgate.serve.workers import WorkerPool
 
 log = logging.getLogger("mailgate.daemon")
 
@@ -38,7 +39,7 @@ class Daemon:
         self.stopping = asyncio.Event()
         processes = app.config.processing.processes
         self.pool = WorkerPool(app, processes) if processes > 1 else None
-        self.processing = self.pool or Processor(app)
+        self.processing = self.pool or Runner(app).warm_up()
         self.sender = Sender(app)
         app.on_outbound_queued = self.sender.wake_threadsafe  # mail queued → sent now, not at the next poll
         self.mailboxes = imap.Pollers(app, self.processing.on_spooled)
@@ -88,7 +89,7 @@ class Daemon:
                 if report.closed or report.reminded:
                     log.info("lifecycle: %d closed, %d reminded", report.closed, report.reminded)
             except Exception as e:  # the database may be away; the next pass tries again
-                log.error("lifecycle pass failed: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
+                log.error("lifecycle pass failed: %s", first_line(e))
             await wait_any(self.stopping, timeout=self.app.config.lifecycle.interval_seconds)
 
     async def _watchdog(self) -> None:
@@ -147,7 +148,7 @@ def _announce(text: str) -> None:
 
 
 def serve(app: App) -> int:
-    app.prepare().warm_up()
+    app.prepare()
     return asyncio.run(_serve(Daemon(app)))
 
 

@@ -23,7 +23,7 @@ from mailgate.mail.parse import ParsedMessage
 from mailgate.models import Outbound
 from mailgate.notify.render import header_text
 from mailgate.outbound import verp
-from mailgate.spool import Envelope
+from mailgate.core.spool import Envelope
 
 log = logging.getLogger("mailgate.notify")
 

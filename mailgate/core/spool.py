@@ -4,23 +4,24 @@ Layout (one spool per instance, under <state_dir>/spool):
 
     tmp/   being written; never read
     new/   durable and waiting for the pipeline
-    cur/   claimed by a processor, which holds an flock on the file while it works
+    cur/   claimed by a runner, which holds an flock on the file while it works
     bad/   files that cannot be read as a spool file (damaged, or not ours): set aside for the
-           operator instead of stopping the processor on every try
+           operator instead of stopping the runner on every try
 
-A message is written to tmp/, fsynced, renamed into new/ (or straight into cur/ for the
-pipe path, which processes it itself), and the directory is fsynced: only then is it
-acknowledged. A file in cur/ that nobody holds a lock on belongs to a processor that died;
-`recover` puts it back into new/ and counts the attempt (Mailman's .bak files). A death alone
-never quarantines a message, though: a SIGKILL from outside (an operator, the OOM killer, a
-watchdog) cannot be told from one the message caused, and it hits whatever is in flight —
-right after a restart, the same recovered messages again (tests/test_kill.py).
+A message is written to tmp/, fsynced, renamed into new/ (or straight into cur/ for the pipe
+path, which processes it itself), and the directory is fsynced: only then is it
+acknowledged. What becomes of a claimed message is one `Disposition`, applied by `settle` —
+the only place that moves or removes a claimed file. A file in cur/ that nobody holds a lock
+on belongs to a runner that died: `recover` settles it as RETRY (Mailman's .bak files), and
+the worker pool settles the message its dead worker held as DIED; after a few deaths the
+runner quarantines it unparsed (mailgate.core.runner).
 
-Each file holds one JSON line (the envelope and the attempt count) followed by the raw bytes.
+Each file holds one JSON line (the envelope and its counters) followed by the raw bytes.
 """
 
 from __future__ import annotations
 
+import enum
 import fcntl
 import json
 import logging
@@ -30,16 +31,30 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mailgate.core.durable import commit, fsync_dir, unlink_quietly, write_tmp
 from mailgate.models import utcnow
 
 log = logging.getLogger("mailgate.spool")
 
-ORPHAN_AGE_SECONDS = 30  # a cur/ file younger than this may be in the middle of a claim
 STALE_TMP_SECONDS = 3600  # a tmp/ file is written in milliseconds; one this old lost its writer
 
 
 class SpoolError(OSError):
     """The spool cannot take the message (disk full, permissions, I/O error)."""
+
+
+class Disposition(enum.Enum):
+    """What becomes of a claimed message's file (`Spool.settle`)."""
+
+    DONE = "done"  # its outcome is committed (quarantined included): the file goes
+    RETRY = "retry"  # processing failed: back into new/, one attempt counted
+    DEFER = "defer"  # older mail must go first: back into new/, one deferral counted
+    DIED = "died"  # the worker process holding it died: back into new/, one death counted
+    WAIT = "wait"  # not now, through no fault of its own (database away, shutdown): back, uncounted
+    LEAVE = "leave"  # not even its failure could be recorded: left in cur/ for the orphan scan
+
+
+_COUNTERS = {Disposition.RETRY: "attempts", Disposition.DEFER: "deferrals", Disposition.DIED: "deaths"}
 
 
 @dataclass
@@ -48,20 +63,23 @@ class Envelope:
     recipients: list[str]
     source: str = "smtp"  # smtp, lmtp, imap, pipe
     received_at: str = field(default_factory=lambda: utcnow().isoformat())
-    attempts: int = 0
-    deaths: int = 0  # processing worker processes that died with this message in hand
-    deferrals: int = 0  # times it was put back to let older mail go first (mailgate.processor)
+    attempts: int = 0  # failed processing attempts
+    deaths: int = 0  # worker processes that died with this message in hand
+    deferrals: int = 0  # times it was put back to let older mail go first
 
 
 @dataclass
 class Claim:
-    """A message a processor holds: the lock lives as long as the open file."""
+    """A message a runner holds: the lock lives as long as the open file. A claim nobody was
+    told 250 for (the pipe path, before its exit code) is not ACKNOWLEDGED: when it cannot be
+    processed now, the sender keeps it and our copy goes."""
 
     spool_id: str
     path: Path
     envelope: Envelope
     raw: bytes
     _file: object = field(repr=False, default=None)
+    acknowledged: bool = True
 
     def close(self) -> None:
         if self._file is not None:
@@ -91,65 +109,45 @@ class Spool:
         return spool_id
 
     def put_claimed(self, raw: bytes, envelope: Envelope) -> Claim:
-        """Store a message durably straight into cur/, already claimed by the caller."""
+        """Store a message durably straight into cur/, already claimed by the caller and not
+        yet acknowledged to its sender."""
         spool_id = _new_id()
         tmp = self._write_tmp(spool_id, raw, envelope)
         try:
             f = open(tmp, "rb")
         except OSError as e:
-            _unlink_quietly(tmp)
-            raise SpoolError(e.errno, f"spool write failed: {e.strerror}") from e
+            unlink_quietly(tmp)
+            raise _spool_error("write", e) from e
         try:
             fcntl.flock(f, fcntl.LOCK_EX)  # held before the file appears in cur/
             self._commit(tmp, self.cur / spool_id)
-        except OSError as e:
-            f.close()
-            _unlink_quietly(tmp)
-            if isinstance(e, SpoolError):
-                raise
-            raise SpoolError(e.errno, f"spool write failed: {e.strerror}") from e
         except BaseException:
             f.close()
             raise
-        return Claim(spool_id, self.cur / spool_id, envelope, raw, f)
+        return Claim(spool_id, self.cur / spool_id, envelope, raw, f, acknowledged=False)
 
     def _write_tmp(self, spool_id: str, raw: bytes, envelope: Envelope) -> Path:
         path = self.tmp / spool_id
         try:
-            with open(path, "wb") as f:
-                f.write(_header(envelope))
-                f.write(raw)
-                f.flush()
-                os.fsync(f.fileno())
+            write_tmp(path, (_header(envelope), raw))
         except OSError as e:
-            _unlink_quietly(path)
-            raise SpoolError(e.errno, f"spool write failed: {e.strerror}") from e
+            raise _spool_error("write", e) from e
         return path
 
     def _commit(self, tmp: Path, final: Path) -> None:
         try:
-            os.rename(tmp, final)
+            commit(tmp, final)
         except OSError as e:
-            _unlink_quietly(tmp)
-            raise SpoolError(e.errno, f"spool commit failed: {e.strerror}") from e
-        try:
-            _fsync_dir(final.parent)
-        except OSError as e:
-            # Not durable, so not acknowledged: take it back, the sender keeps it and retries.
-            _unlink_quietly(final)
-            raise SpoolError(e.errno, f"spool commit failed: {e.strerror}") from e
+            raise _spool_error("commit", e) from e
 
-    # --- claiming ----------------------------------------------------------------------
+    # --- claiming and settling ----------------------------------------------------------
 
     def waiting(self) -> list[str]:
         """Spool ids in new/, oldest first (ids start with the receive time)."""
-        try:
-            return sorted(os.listdir(self.new))
-        except FileNotFoundError:
-            return []
+        return sorted(_listdir(self.new))
 
     def claim(self, spool_id: str) -> Claim | None:
-        """Take one message from new/ into cur/; None when another processor was faster."""
+        """Take one message from new/ into cur/; None when another runner was faster."""
         src = self.new / spool_id
         try:
             f = open(src, "rb")
@@ -158,7 +156,7 @@ class Spool:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             # The lock is on the inode we opened; another claimer may have moved that one and
-            # put a rewritten file (release) under the same name meanwhile: only move ours.
+            # put a rewritten file (settle) under the same name meanwhile: only move ours.
             if not _same_file(f, src):
                 f.close()
                 return None
@@ -166,37 +164,27 @@ class Spool:
         except OSError:  # locked by another claimer, or already moved by it
             f.close()
             return None
-        try:
-            envelope, raw = _read(f)
-        except UnreadableSpoolFile as e:
-            self._set_aside(self.cur / spool_id, e)
-            f.close()
-            return None
-        except BaseException:
-            f.close()
-            raise
-        return Claim(spool_id, self.cur / spool_id, envelope, raw, f)
+        return self._read_claim(spool_id, self.cur / spool_id, f)
 
-    def done(self, claim: Claim) -> None:
-        """The message is processed and committed: forget it."""
-        _unlink_quietly(claim.path)
-        claim.close()
-
-    def release(self, claim: Claim, count_attempt: bool = True, rewrite: bool = False) -> None:
-        """Put a claimed message back into new/ to be tried again (its envelope rewritten when
-        an attempt is counted or REWRITE says the caller changed it)."""
+    def settle(self, claim: Claim, disposition: Disposition) -> None:
+        """Apply DISPOSITION to a claimed message, and let go of it."""
         try:
-            if count_attempt:
-                claim.envelope.attempts += 1
-            if count_attempt or rewrite:
-                try:
-                    self._rewrite_header(claim)
-                except OSError:
-                    pass  # cannot rewrite (disk full?): put it back uncounted rather than not at all
-            os.rename(claim.path, self.new / claim.spool_id)
-            _fsync_dir(self.new)
+            if disposition is Disposition.DONE or not claim.acknowledged:
+                unlink_quietly(claim.path)
+            elif disposition is not Disposition.LEAVE:
+                self._put_back(claim, _COUNTERS.get(disposition))
         finally:
             claim.close()
+
+    def _put_back(self, claim: Claim, counter: str | None) -> None:
+        if counter:
+            setattr(claim.envelope, counter, getattr(claim.envelope, counter) + 1)
+            try:
+                self._rewrite_header(claim)
+            except OSError:
+                pass  # cannot rewrite (disk full?): put it back uncounted rather than not at all
+        os.rename(claim.path, self.new / claim.spool_id)
+        fsync_dir(self.new)
 
     def has_older(self, spool_id: str) -> bool:
         """Whether a message that arrived before SPOOL_ID still waits or is being worked."""
@@ -207,16 +195,15 @@ class Spool:
         try:
             os.rename(tmp, claim.path)  # the new inode is unlocked, the old file stays held
         except OSError:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
-        _fsync_dir(claim.path.parent)
+        fsync_dir(claim.path.parent)
 
     # --- recovery and inspection -------------------------------------------------------
 
     def recover(self, min_age: float = 0) -> int:
-        """Return orphaned cur/ files (no lock held) to new/, counting an attempt each; remove
-        tmp/ files a killed writer left (never acknowledged, so nobody waits for them)."""
-        recovered = 0
+        """Settle orphaned cur/ files (no lock held: their runner died) as RETRY; remove tmp/
+        files a killed writer left (never acknowledged, so nobody waits for them)."""
         now = time.time()
         for name in _listdir(self.tmp):
             path = self.tmp / name
@@ -225,40 +212,46 @@ class Spool:
                     path.unlink()
             except OSError:
                 pass
-        for name in _listdir(self.cur):
-            recovered += self._recover(name, min_age, now)
-        return recovered
+        return sum(self._recover(name, min_age, now, Disposition.RETRY) for name in _listdir(self.cur))
 
     def note_death(self, spool_id: str) -> bool:
-        """The worker process that held SPOOL_ID died: count it and put the message back into
-        new/ (False when it is not orphaned in cur/, e.g. it was finished after all)."""
-        return bool(self._recover(spool_id, 0, time.time(), death=True))
+        """The worker process that held SPOOL_ID died: settle it as DIED (False when it is not
+        orphaned in cur/, e.g. it was finished after all)."""
+        return self._recover(spool_id, 0, time.time(), Disposition.DIED)
 
-    def _recover(self, name: str, min_age: float, now: float, death: bool = False) -> int:
-        """Return one orphaned cur/ file to new/, counting an attempt (or a death); 1 if done."""
+    def _recover(self, name: str, min_age: float, now: float, disposition: Disposition) -> bool:
         path = self.cur / name
         try:
             f = open(path, "rb")
         except FileNotFoundError:
-            return 0
-        with f:
+            return False
+        try:
             if now - os.fstat(f.fileno()).st_ctime < min_age:
-                return 0
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                return 0  # a live processor holds it
+                raise _Busy()
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError: a live runner holds it
             if not _same_file(f, path):
-                return 0  # released or recovered by someone else meanwhile
-            try:
-                envelope, raw = _read(f)
-            except UnreadableSpoolFile as e:
-                self._set_aside(path, e)
-                return 0
-            if death:
-                envelope.deaths += 1
-            self.release(Claim(name, path, envelope, raw, None), count_attempt=not death, rewrite=death)
-            return 1
+                raise _Busy()  # settled or recovered by someone else meanwhile
+        except (OSError, _Busy):
+            f.close()
+            return False
+        claim = self._read_claim(name, path, f)
+        if claim is None:
+            return False
+        self.settle(claim, disposition)
+        return True
+
+    def _read_claim(self, spool_id: str, path: Path, f) -> Claim | None:
+        """The claim of the locked file F at PATH; None when it is unreadable (set aside)."""
+        try:
+            envelope, raw = _read(f)
+        except UnreadableSpoolFile as e:
+            self._set_aside(path, e)
+            f.close()
+            return None
+        except BaseException:
+            f.close()
+            raise
+        return Claim(spool_id, path, envelope, raw, f)
 
     def _set_aside(self, path: Path, error: Exception) -> None:
         bad = self.root / "bad"
@@ -282,6 +275,16 @@ class Spool:
             return True
         except OSError:
             return False
+
+
+class _Busy(Exception):
+    """A cur/ file that is not an orphan (too young, or not the file we opened)."""
+
+
+def _spool_error(step: str, e: OSError) -> SpoolError:
+    if isinstance(e, SpoolError):
+        return e
+    return SpoolError(e.errno, f"spool {step} failed: {e.strerror}")
 
 
 def _new_id() -> str:
@@ -316,14 +319,6 @@ def read_file(path: Path) -> tuple[Envelope, bytes]:
         return _read(f)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _listdir(path: Path) -> list[str]:
     try:
         return os.listdir(path)
@@ -339,13 +334,3 @@ def _same_file(f, path: Path) -> bool:
         return False
     mine = os.fstat(f.fileno())
     return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
-
-
-def _unlink_quietly(path: Path) -> None:
-    """Remove PATH if it is there. Used on the way out of an error (the original error is the
-    one to report: a tmp/ that is no directory any more must give SpoolError, not ENOTDIR from
-    the clean-up) and for files that may already be gone."""
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

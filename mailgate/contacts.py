@@ -13,16 +13,16 @@ from mailgate.models import Contact, Organisation
 LANGUAGES = ("en", "de")
 
 
-class DirectoryError(ValueError):
+class ContactsError(ValueError):
     """A name, address or value the directory cannot take; the message says which."""
 
 
 def add_organisation(session: Session, name: str, region: str | None = None) -> Organisation:
     name = name.strip()
     if not name:
-        raise DirectoryError("organisation name is empty")
+        raise ContactsError("organisation name is empty")
     if find_organisation(session, name) is not None:
-        raise DirectoryError(f"organisation {name!r} exists already")
+        raise ContactsError(f"organisation {name!r} exists already")
     org = Organisation(name=name, region=region or None)
     session.add(org)
     session.flush()
@@ -36,7 +36,7 @@ def find_organisation(session: Session, name: str) -> Organisation | None:
 def organisation(session: Session, name: str) -> Organisation:
     org = find_organisation(session, name)
     if org is None:
-        raise DirectoryError(f"no organisation {name!r}")
+        raise ContactsError(f"no organisation {name!r}")
     return org
 
 
@@ -44,13 +44,13 @@ def normalise_email(address: str) -> str:
     address = address.strip().lower()
     local, at, domain = address.rpartition("@")
     if not (local and at and "." in domain) or any(c.isspace() or c in "<>,;\"" for c in address):
-        raise DirectoryError(f"{address!r} is not an e-mail address")
+        raise ContactsError(f"{address!r} is not an e-mail address")
     return address
 
 
 def check_language(language: str) -> str:
     if language not in LANGUAGES:
-        raise DirectoryError(f"language must be one of {', '.join(LANGUAGES)}, not {language!r}")
+        raise ContactsError(f"language must be one of {', '.join(LANGUAGES)}, not {language!r}")
     return language
 
 
@@ -61,16 +61,16 @@ def find_contact(session: Session, email: str) -> Contact | None:
 def contact(session: Session, email: str) -> Contact:
     found = find_contact(session, email)
     if found is None:
-        raise DirectoryError(f"no contact {email.strip().lower()!r}")
+        raise ContactsError(f"no contact {email.strip().lower()!r}")
     return found
 
 
 def add_contact(session: Session, email: str, name: str, org_name: str, language: str = "en") -> Contact:
     email = normalise_email(email)
     if find_contact(session, email) is not None:
-        raise DirectoryError(f"contact {email!r} exists already")
+        raise ContactsError(f"contact {email!r} exists already")
     if not name.strip():
-        raise DirectoryError("contact name is empty")
+        raise ContactsError("contact name is empty")
     org = organisation(session, org_name)
     row = Contact(email=email, name=name.strip(), organisation_id=org.id, language=check_language(language))
     session.add(row)
@@ -106,13 +106,13 @@ def import_contacts(session: Session, path: Path, progress=None) -> ImportReport
         reader = csv.DictReader(f)
         missing = {"email", "name", "organisation", "language"} - set(reader.fieldnames or [])
         if missing:
-            raise DirectoryError(f"{path}: missing columns: {', '.join(sorted(missing))}")
+            raise ContactsError(f"{path}: missing columns: {', '.join(sorted(missing))}")
         for row in reader:
             line = reader.line_num
             try:
                 with session.begin_nested():
                     state = _import_row(session, row)
-            except DirectoryError as e:
+            except ContactsError as e:
                 report.rejected.append((line, str(e)))
                 continue
             getattr(report, state).append(line)
@@ -128,7 +128,7 @@ def _import_row(session: Session, row: dict) -> str:
     language = check_language((row.get("language") or "en").strip() or "en")
     active = _active(row.get("active"))
     if not name or not org_name:
-        raise DirectoryError("name and organisation are required")
+        raise ContactsError("name and organisation are required")
     org = find_organisation(session, org_name) or add_organisation(session, org_name)
     existing = find_contact(session, email)
     if existing is None:
@@ -151,4 +151,4 @@ def _active(value: str | None) -> bool:
         return True
     if text in ("0", "false", "no", "n", "inactive"):
         return False
-    raise DirectoryError(f"active must be true or false, not {value!r}")
+    raise ContactsError(f"active must be true or false, not {value!r}")
