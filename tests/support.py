@@ -17,6 +17,7 @@ from pathlib import Path
 import sqlalchemy as sa
 import tomli_w
 
+REPO = Path(__file__).resolve().parent.parent  # the repository's root
 PG_ADMIN_URL = os.environ.get("MAILGATE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 SECRET = "test-secret-not-for-production"
 SUPPORT = "support@example.com"
@@ -81,6 +82,20 @@ def pg_drop_database(name: str) -> None:
     with engine.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
+
+
+def sqlite_template(path: Path) -> None:
+    """A migrated SQLite database at PATH, checkpointed so that the file alone holds it."""
+    from mailgate.db import Database
+
+    db = Database(f"sqlite:///{path}")
+    db.upgrade()
+    raw = db.engine.raw_connection()  # outside a transaction: a checkpoint cannot run inside one
+    try:
+        raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        raw.close()
+    db.dispose()
 
 
 def pg_template() -> str:

@@ -226,7 +226,7 @@ def run_until_killed(config, env):
 def test_deaths_alone_never_quarantine_a_message(daemon, cli, make_config, tmp_path):
     """A message that was in flight during more SIGKILLs than processing.max_attempts is still
     processed once a daemon survives: an outside kill cannot be told from a crash the message
-    caused, and a message that got 250 must end as a ticket (tests/test_kill.py)."""
+    caused, and a message that got 250 must end as a ticket (tests/system/test_kill.py)."""
     add_customer(cli)
     state = tmp_path / "state"
     config = make_config("killed.toml", processing={"max_attempts": 2})

@@ -19,10 +19,10 @@ import pytest
 from tests.conftest import TEST_DB
 from tests.relay import RelaySink
 from tests.support import (
-    DaemonProcess, LineClient, add_customer, make_message, send, wait_for, write_config,
+    REPO, DaemonProcess, LineClient, add_customer, make_message, send, wait_for, write_config,
 )
 
-UNIT = Path(__file__).parent.parent / "systemd" / "mailgate.service"
+UNIT = REPO / "systemd" / "mailgate.service"
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:

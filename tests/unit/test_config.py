@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import REPO
+
 from mailgate import config
 from mailgate.config import Config, ConfigError, ImapConfig
 
-EXAMPLE = Path(__file__).parent.parent / "config" / "mailgate.toml"
+EXAMPLE = REPO / "config" / "mailgate.toml"
 
 
 def _example_with_imap() -> dict:
@@ -69,28 +71,7 @@ def test_a_bad_value_names_its_key(data, key):
     assert key in str(e.value)
 
 
-def test_check_config_names_the_key_and_exits_non_zero(tmp_path, cli_process):
-    bad = tmp_path / "bad.toml"
-    bad.write_text('[smtp]\nport = "twenty-five"\n')
-    result = cli_process("check-config", config=bad)
-    assert result.returncode == 78
-    lines = result.stderr.decode().strip().splitlines()
-    assert len(lines) == 1 and "smtp.port" in lines[0], lines
 
-
-def test_broken_toml_is_one_line(tmp_path, cli_process):
-    bad = tmp_path / "broken.toml"
-    bad.write_text("[smtp\nport = 1\n")
-    result = cli_process("ticket", "list", config=bad)
-    assert result.returncode == 78
-    assert len(result.stderr.decode().strip().splitlines()) == 1
-    assert "Traceback" not in result.stderr.decode()
-
-
-def test_missing_config_file_is_one_line(tmp_path, cli_process):
-    result = cli_process("check-config", config=tmp_path / "nowhere.toml")
-    assert result.returncode == 78
-    assert "no such file" in result.stderr.decode()
 
 
 def test_environment_variable_names_the_config(tmp_path, config_path, monkeypatch):

@@ -14,9 +14,9 @@ from sqlmodel import func, select
 
 from mailgate.app import App
 from mailgate.models import Inbound, Outbound, SenderNotice, Ticket, utcnow
-from tests.support import make_message, send, wait_for
+from tests.support import REPO, make_message, send, wait_for
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "emails"
+FIXTURES = REPO / "fixtures" / "emails"
 STRANGER = "Stranger <stranger@else.example>"
 
 

@@ -16,8 +16,8 @@ def test_head_constant_is_the_newest_migration():
     assert script.get_current_head() == migrate.HEAD
 
 
-def test_empty_database_upgraded_to_head_matches_the_models(database_url):
-    db = Database(database_url)
+def test_empty_database_upgraded_to_head_matches_the_models(empty_database_url):
+    db = Database(empty_database_url)
     db.upgrade()
     with db.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
@@ -27,8 +27,8 @@ def test_empty_database_upgraded_to_head_matches_the_models(database_url):
     assert diff == []
 
 
-def test_upgrade_is_idempotent_and_keeps_data(database_url):
-    db = Database(database_url)
+def test_upgrade_is_idempotent_and_keeps_data(empty_database_url):
+    db = Database(empty_database_url)
     db.upgrade()
     with db.engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO organisation (name) VALUES ('Acme')"))

@@ -16,9 +16,9 @@ from mailgate.ingest import pipe
 from mailgate.models import Inbound, Outbound, Ticket
 from tests import world
 from tests.inprocess import running_daemon, smtp_port
-from tests.support import SUPPORT, send, wait_for
+from tests.support import REPO, SUPPORT, send, wait_for
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "emails"
+FIXTURES = REPO / "fixtures" / "emails"
 CASES = tomllib.loads((FIXTURES / "manifest.toml").read_text())["case"]
 
 
