@@ -3,13 +3,16 @@ VENV    ?= .venv
 PYTHON  ?= python3
 BIN      = $(VENV)/bin
 
-.PHONY: run test install install-test
+.PHONY: run test unit install install-test
 
 run: install                ## install into .venv and run the daemon on its embedded defaults
 	$(BIN)/mailgate serve
 
 test:                       ## install what the tests need and run the whole suite (SQLite, then PostgreSQL)
 	bash scripts/test.sh
+
+unit: install-test           ## the unit tests alone (no process, no socket; SQLite): under a minute
+	MAILGATE_TEST_DB=sqlite $(BIN)/pytest -q -n auto tests/unit
 
 install: $(BIN)/mailgate
 
@@ -19,6 +22,9 @@ $(BIN)/mailgate: pyproject.toml
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-install-test:
+install-test: $(VENV)/.test-installed
+
+$(VENV)/.test-installed: pyproject.toml   # again only when the dependencies changed
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@

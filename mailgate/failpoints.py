@@ -2,13 +2,18 @@
 
 `MAILGATE_FAILPOINTS="before_commit=kill,pipeline=raise:POISON"` makes the process SIGKILL
 itself just before the pipeline commits, and raise in the pipeline for messages whose raw
-bytes contain POISON. Unset (always, in production) every failpoint is a dictionary lookup.
+bytes contain POISON. Actions: `kill` (SIGKILL this process), `raise` (an error of the
+message's own), `transient` (an error that passes: the database is away). Tests in the same
+process set them with `configure`. Unset (always, in production) every failpoint is a
+dictionary lookup.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+
+from mailgate.errors import Transient
 
 ENV = "MAILGATE_FAILPOINTS"
 
@@ -28,6 +33,12 @@ class FailpointError(RuntimeError):
     pass
 
 
+def configure(text: str) -> None:
+    """Replace the failpoints of this process (the syntax of $MAILGATE_FAILPOINTS; "" for none)."""
+    _POINTS.clear()
+    _POINTS.update(_parse(text))
+
+
 def hit(name: str, data: bytes = b"") -> None:
     action = _POINTS.get(name)
     if action is None:
@@ -37,4 +48,6 @@ def hit(name: str, data: bytes = b"") -> None:
         return
     if kind == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "transient":
+        raise Transient(f"failpoint {name}")
     raise FailpointError(f"failpoint {name}")

@@ -28,12 +28,15 @@ if ! command -v dovecot >/dev/null; then
     fi
 fi
 
+# Both cores (pytest-xdist); a file's tests stay on one worker, so its fixtures are made once.
+PARALLEL=(-n "${MAILGATE_TEST_WORKERS:-auto}" --dist loadfile)
+
 echo "== tests on SQLite"
-MAILGATE_TEST_DB=sqlite .venv/bin/pytest "$@"
+MAILGATE_TEST_DB=sqlite .venv/bin/pytest "${PARALLEL[@]}" "$@"
 
 if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
-    echo "== tests on PostgreSQL"
-    MAILGATE_TEST_DB=postgresql .venv/bin/pytest "$@"
+    echo "== tests on PostgreSQL (the tests that touch a database)"
+    MAILGATE_TEST_DB=postgresql .venv/bin/pytest "${PARALLEL[@]}" "$@"
 elif [ -n "${CI:-}" ]; then
     echo "PostgreSQL is not reachable on 127.0.0.1:5432" >&2
     exit 1

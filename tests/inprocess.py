@@ -41,3 +41,32 @@ def running_daemon(app: App):
 
 def smtp_port(daemon: Daemon) -> int:
     return daemon.servers[0].sockets[0].getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_http(app: App):
+    """The daemon's HTTP side (health, metrics, links, the API) for APP, served on loopback by
+    its own event loop in a thread of the test process; yields the port it listens on."""
+    from mailgate.http import server as http_server
+
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    holder: dict = {}
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        holder["runner"] = loop.run_until_complete(http_server.start(app))
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    started.wait(30)
+    runner = holder["runner"]
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()

@@ -127,6 +127,7 @@ class Pipeline:
     def quarantine(self, spool_id: str, envelope: Envelope, raw: bytes, error: str, parse: bool = True) -> Result:
         """Keep a message that failed too often: raw stored, listed, reprocessable. PARSE
         False records it without reading it (for a message that kills the process)."""
+        failpoints.hit("quarantine", raw)
         digest = self.app.blobs.put(raw)
         parsed = _try_parse(raw, self.limits)[0] if parse else None
         with self.app.db.session() as session:

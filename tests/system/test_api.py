@@ -1,4 +1,5 @@
-"""The agents' JSON API over real HTTP on loopback: auth, filters, actions, regions."""
+"""The agents' JSON API over real HTTP on loopback (the daemon's HTTP side, served in the test
+process): auth, filters, actions, regions."""
 
 import json
 import urllib.error
@@ -9,6 +10,7 @@ import pytest
 from mailgate import config as config_module
 from mailgate.app import App
 from tests import world
+from tests.inprocess import running_http
 
 TOKENS = {"eu": "eu-agent-token-0123456789", "us": "us-agent-token-0123456789",
           "ro": "readonly-token-0123456789"}
@@ -20,16 +22,20 @@ AGENTS = [
 
 
 @pytest.fixture
-def api(make_config, daemon, cli):
+def api(make_config, cli):
     config = make_config("api.toml", agents=AGENTS)
     app = App(config_module.load(config)).prepare()
     world.build(app)
-    app.db.dispose()
-    d = daemon(config)
+    with running_http(app) as port:
+        yield _client(port, lambda *args: cli(*args, config=config))
+    app.close()
+
+
+def _client(port: int, cli):
 
     def call(method, path, token=TOKENS["eu"], body=None):
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"http://127.0.0.1:{d.http_port}/api/v1{path}", data=data, method=method)
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1{path}", data=data, method=method)
         if token:
             req.add_header("Authorization", f"Bearer {token}")
         if data is not None:
@@ -40,7 +46,7 @@ def api(make_config, daemon, cli):
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read())
 
-    call.cli = lambda *args: cli(*args, config=config)
+    call.cli = cli
     return call
 
 

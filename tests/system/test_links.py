@@ -1,6 +1,6 @@
-"""The signed notification links over real HTTP (a real `mailgate serve`): GET shows the
-state, POST switches, RFC 8058 one-click turns off; forged, borrowed and misdirected tokens
-change nothing."""
+"""The signed notification links over real HTTP (the daemon's HTTP side, served in the test
+process): GET shows the state, POST switches, RFC 8058 one-click turns off; forged, borrowed
+and misdirected tokens change nothing."""
 
 from __future__ import annotations
 
@@ -20,20 +20,22 @@ from mailgate.app import App
 from mailgate.models import Outbound, Ticket
 from mailgate.notify import tokens
 from tests import world
+from tests.inprocess import running_http
 from tests.relay import free_port
 from tests.support import cli_json
 
 
 @pytest.fixture
-def served(make_config, daemon):
-    """A daemon whose public URL is its own HTTP listener, and the world's notifications."""
+def served(make_config):
+    """The HTTP side on the port its public URL names, and the world's notifications."""
     port = free_port()
     config = make_config(http={"port": port, "public_url": f"http://127.0.0.1:{port}/"})
     app = App(config_module.load(config)).prepare()
     world.build(app)
-    d = daemon(config)
-    yield app, d
-    app.db.dispose()
+    with running_http(app) as bound:
+        assert bound == port
+        yield app, None
+    app.close()
 
 
 def _link(app: App, recipient: str, key: str = "SD-1") -> str:

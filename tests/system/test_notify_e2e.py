@@ -1,6 +1,7 @@
-"""Notifications end to end, through a real `mailgate serve` and SMTP: the transactional outbox
-across a crash, the once-a-day notice to unknown senders, no notice for machine mail, bounces
-of our own mail, and mail going out (to the outbox Maildir) without anyone asking."""
+"""Notifications end to end, through a real daemon and SMTP: the transactional outbox across a
+crash (a `mailgate serve` process that kills itself), the once-a-day notice to unknown senders,
+no notice for machine mail, bounces of our own mail, and mail going out (to the outbox Maildir)
+without anyone asking (a Daemon run in the test process)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from sqlmodel import func, select
 
 from mailgate.app import App
 from mailgate.models import Inbound, Outbound, SenderNotice, Ticket, utcnow
+from tests.inprocess import running_daemon, smtp_port
 from tests.support import REPO, make_message, send, wait_for
 
 FIXTURES = REPO / "fixtures" / "emails"
@@ -23,6 +25,13 @@ STRANGER = "Stranger <stranger@else.example>"
 @pytest.fixture
 def app(people_app):
     return people_app
+
+
+@pytest.fixture
+def port(app):
+    """The SMTP port of a real Daemon on APP, run in the test process."""
+    with running_daemon(app) as daemon:
+        yield smtp_port(daemon)
 
 
 def _count(app: App, model, *where) -> int:
@@ -63,10 +72,9 @@ def test_mail_goes_out_at_once_when_the_daemon_queued_it(app, make_config, daemo
     wait_for(lambda: len(_outbox_files(app)) == 3, timeout=10, message="notifications in the outbox Maildir")
 
 
-def test_unknown_sender_gets_one_notice_a_day(app, daemon):
-    d = daemon()
+def test_unknown_sender_gets_one_notice_a_day(app, port):
     for n in range(2):
-        send(d.smtp_port, make_message(sender=STRANGER, subject=f"Hello {n}"), sender="stranger@else.example")
+        send(port, make_message(sender=STRANGER, subject=f"Hello {n}"), sender="stranger@else.example")
     wait_for(lambda: _count(app, Inbound, Inbound.outcome == "rejected_unknown_sender") == 2, message="both rejected")
     wait_for(lambda: _count(app, Outbound, Outbound.status == "sent") == 1, message="the notice sent")
     notice, = _outbound(app)
@@ -74,36 +82,34 @@ def test_unknown_sender_gets_one_notice_a_day(app, daemon):
 
     with app.db.session() as s:  # a day later
         s.execute(sa.update(SenderNotice).values(sent_at=utcnow() - timedelta(hours=25)))
-    send(d.smtp_port, make_message(sender=STRANGER, subject="Hello again"), sender="stranger@else.example")
+    send(port, make_message(sender=STRANGER, subject="Hello again"), sender="stranger@else.example")
     wait_for(lambda: _count(app, Inbound, Inbound.outcome == "rejected_unknown_sender") == 3, message="third rejected")
     assert len(_outbound(app, Outbound.event == "unknown_sender_notice")) == 2
 
 
-def test_machine_mail_from_an_unknown_sender_gets_no_notice(app, daemon):
-    d = daemon()
-    send(d.smtp_port, make_message(sender=STRANGER, subject="Automatic reply: Hello",
+def test_machine_mail_from_an_unknown_sender_gets_no_notice(app, port):
+    send(port, make_message(sender=STRANGER, subject="Automatic reply: Hello",
                                    extra_headers={"Auto-Submitted": "auto-replied"}), sender="stranger@else.example")
-    send(d.smtp_port, (FIXTURES / "autoreply" / "stranger-autoreply.eml").read_bytes(), sender="stranger@else.example")
-    send(d.smtp_port, (FIXTURES / "bounce" / "mailer-daemon-plain.eml").read_bytes(), sender="")
+    send(port, (FIXTURES / "autoreply" / "stranger-autoreply.eml").read_bytes(), sender="stranger@else.example")
+    send(port, (FIXTURES / "bounce" / "mailer-daemon-plain.eml").read_bytes(), sender="")
     wait_for(lambda: _count(app, Inbound, Inbound.outcome == "ignored_auto") == 3, message="all three ignored")
     assert _outbound(app) == []
     assert _count(app, SenderNotice) == 0
 
 
-def test_bounces_of_our_notifications_are_marked(app, daemon):
-    d = daemon()
-    send(d.smtp_port, make_message(subject="Printer on fire"))
+def test_bounces_of_our_notifications_are_marked(app, port):
+    send(port, make_message(subject="Printer on fire"))
     wait_for(lambda: _count(app, Outbound, Outbound.status == "sent") == 3, message="notifications sent")
     alice, bernd, carol = _outbound(app)
 
     signed = (FIXTURES / "bounce" / "dsn-postfix-signed.eml").read_bytes()
-    send(d.smtp_port, signed.replace(b"@@SIGNED:SD-1@@", alice.message_id.strip("<>").encode()), sender="")
+    send(port, signed.replace(b"@@SIGNED:SD-1@@", alice.message_id.strip("<>").encode()), sender="")
     fake_id = (FIXTURES / "bounce" / "dsn-fake-id-rfc822.eml").read_bytes()  # quotes no id of ours ...
-    send(d.smtp_port, fake_id, sender="")
-    send(d.smtp_port, fake_id.replace(b"Message-Id: <2025", b"Message-Id: <again-2025"), sender="",
+    send(port, fake_id, sender="")
+    send(port, fake_id.replace(b"Message-Id: <2025", b"Message-Id: <again-2025"), sender="",
          recipients=[bernd.envelope_sender])  # ... but this copy went to bernd's VERP address
     out_of_office = (FIXTURES / "autoreply" / "out-of-office-subject.eml").read_bytes()
-    send(d.smtp_port, out_of_office, sender="carol@acme.example", recipients=[carol.envelope_sender])
+    send(port, out_of_office, sender="carol@acme.example", recipients=[carol.envelope_sender])
     wait_for(lambda: _count(app, Inbound, Inbound.outcome == "ignored_auto") == 4, message="four machine mails")
 
     statuses = {r.recipient: (r.status, r.last_error) for r in _outbound(app)}
@@ -120,13 +126,12 @@ def test_bounces_of_our_notifications_are_marked(app, daemon):
     assert "bounce of" not in errors["<0f1e2d3c4b5a69788796a5b4c3d2e1f0@mail.acme.example>"]
 
 
-def test_a_forged_verp_address_marks_nothing(app, daemon):
-    d = daemon()
-    send(d.smtp_port, make_message(subject="Printer on fire"))
+def test_a_forged_verp_address_marks_nothing(app, port):
+    send(port, make_message(subject="Printer on fire"))
     wait_for(lambda: _count(app, Outbound, Outbound.status == "sent") == 3, message="notifications sent")
     alice = _outbound(app)[0]
     forged = alice.envelope_sender.replace("-", "-0", 1).rsplit("-", 1)[0] + "-0000000000@example.com"
     fake_id = (FIXTURES / "bounce" / "dsn-fake-id-rfc822.eml").read_bytes()
-    send(d.smtp_port, fake_id, sender="", recipients=[forged, f"support+bounce-{alice.id}-0000000000@example.com"])
+    send(port, fake_id, sender="", recipients=[forged, f"support+bounce-{alice.id}-0000000000@example.com"])
     wait_for(lambda: _count(app, Inbound, Inbound.outcome == "ignored_auto") == 1, message="the fake bounce")
     assert {r.status for r in _outbound(app)} == {"sent"}
