@@ -23,7 +23,7 @@ SECRET = "test-secret-not-for-production"
 SUPPORT = "support@example.com"
 
 
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.02, message: str = "condition"):
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.02, message: str = "condition"):
     """Poll PREDICATE until it returns something truthy; fail after TIMEOUT seconds."""
     deadline = time.monotonic() + timeout
     while True:
