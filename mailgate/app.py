@@ -67,6 +67,13 @@ class App:
             self._renderer = Renderer(self.config)
         return self._renderer
 
+    @cached_property
+    def oauth(self):
+        """The OAuth2 accounts (SPEC §10): a current access token for each, on request."""
+        from mailgate.oauth.accounts import Accounts
+
+        return Accounts(self)
+
     @property
     def metrics(self):
         if self._metrics is None:

@@ -214,6 +214,46 @@ def cmd_outbox_flush(app: App, args) -> int:
     return 0
 
 
+def cmd_oauth_login(app: App, args) -> int:
+    import asyncio
+
+    from mailgate.oauth import device
+    from mailgate.oauth.store import TokenStore
+
+    account = _oauth_account(app, args.name)
+    store = TokenStore(app.config.state_dir, account.name)
+    try:
+        asyncio.run(device.login(account, store, say=lambda line: print(line, flush=True)))
+    except device.LoginFailed as e:
+        raise CliError(f"oauth login {account.name}: {e}") from None
+    print(f"{account.name}: signed in; the refresh token is kept in {store.path}")
+    return 0
+
+
+def cmd_oauth_status(app: App, args) -> int:
+    from mailgate.oauth.accounts import status
+
+    rows = status(app.config)
+    if args.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        token = "token" if r["has_token"] else "NO TOKEN"
+        print(f"{r['name']:<20} {token:<9} expires {r['expires_at'] or '-'}, refreshed {r['last_refresh'] or '-'}"
+              f"{_note(r['last_error'])}")
+    return 0
+
+
+def _oauth_account(app: App, name: str):
+    from mailgate.oauth.providers import accounts
+
+    found = accounts(app.config)
+    if name not in found:
+        known = ", ".join(found) or "none are configured (auth = \"oauth2\")"
+        raise CliError(f"no OAuth2 account {name!r}; the OAuth2 accounts: {known}")
+    return found[name]
+
+
 def cmd_check_config(app: App, args) -> int:
     cfg = app.config
     print(f"config ok: {cfg.source or 'embedded defaults'}")
@@ -223,7 +263,13 @@ def cmd_check_config(app: App, args) -> int:
     print(f"  support addresses: {', '.join(cfg.tickets.support_addresses)}")
     for box in cfg.imap:
         after = f"moved to {box.processed_folder}" if box.processed_folder else "expunged"
-        print(f"  imap {box.label}: {box.host}:{box.port}/{box.folder} as {box.username}; processed mail {after}")
+        oauth = f"; OAuth2 ({box.oauth_provider})" if box.auth == "oauth2" else ""
+        print(f"  imap {box.label}: {box.host}:{box.port}/{box.folder} as {box.username}; processed mail {after}{oauth}")
+    if cfg.outbound.relay_host and cfg.outbound.relay_auth == "oauth2":
+        print(f"  relay {cfg.outbound.relay_host}:{cfg.outbound.relay_port} as {cfg.outbound.relay_username}; "
+              f"OAuth2 ({cfg.outbound.relay_oauth_provider})")
+    if cfg.operations.alert_address:
+        print(f"  operator alerts: {cfg.operations.alert_address}")
     return 0
 
 
@@ -392,6 +438,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_outbox_list)
     a = outbox.add_parser("flush", help="send what is due now, then exit")
     a.set_defaults(func=cmd_outbox_flush)
+
+    oauth = sub.add_parser("oauth", help="OAuth2 sign-in of mailboxes and the relay").add_subparsers(
+        dest="sub", required=True, metavar="ACTION")
+    a = oauth.add_parser("login", help="sign in (device authorisation) and keep the refresh token")
+    a.add_argument("name", help="a mailbox's name, or relay")
+    a.set_defaults(func=cmd_oauth_login)
+    a = oauth.add_parser("status", help="each OAuth2 account: token, expiry, last refresh, last error")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_oauth_status)
 
     sub.add_parser("check-config", help="check the config file").set_defaults(func=cmd_check_config)
     db = sub.add_parser("db", help="database").add_subparsers(dest="sub", required=True, metavar="ACTION")

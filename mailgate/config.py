@@ -75,6 +75,14 @@ class OutboundConfig:
     relay_tls: str = "none"  # none | starttls | tls
     relay_username: str = ""
     relay_password: str = ""
+    relay_auth: str = "password"  # password | oauth2 (SPEC §10): relay_username with an OAuth2 token
+    relay_oauth_provider: str = ""
+    relay_oauth_tenant: str = "organizations"
+    relay_oauth_client_id: str = ""
+    relay_oauth_client_secret: str = ""
+    relay_oauth_scope: str = ""
+    relay_oauth_token_url: str = ""
+    relay_oauth_device_url: str = ""
     max_age_hours: float = 48.0
     retry_initial_seconds: float = 60.0  # first backoff after a passing failure; doubles, with jitter
     retry_max_seconds: float = 3600.0
@@ -82,6 +90,10 @@ class OutboundConfig:
     poll_seconds: float = 5.0  # how often the sender looks for due mail when nothing woke it
     max_per_recipient_per_hour: int = 30  # notifications beyond this are failed "rate limited"; 0: off
     templates_dir: str = ""  # templates here override the built-in ones of the same name
+
+    @property
+    def relay_oauth(self) -> "OAuthSettings":
+        return OAuthSettings(**{f: getattr(self, f"relay_oauth_{f}") for f in OAUTH_FIELDS})
 
 
 @dataclass(frozen=True)
@@ -142,11 +154,45 @@ class ImapConfig:
     poll_seconds: float = 60
     idle: bool = True  # false: poll even when the server offers IDLE
     name: str = ""
+    auth: str = "password"  # password | oauth2 (SPEC §10)
+    oauth_provider: str = ""
+    oauth_tenant: str = "organizations"
+    oauth_client_id: str = ""
+    oauth_client_secret: str = ""
+    oauth_scope: str = ""
+    oauth_token_url: str = ""
+    oauth_device_url: str = ""
 
     @property
     def label(self) -> str:
         """The mailbox's name in logs and /healthz."""
         return self.name or f"{self.username}@{self.host}"
+
+    @property
+    def oauth(self) -> "OAuthSettings":
+        return OAuthSettings(**{f: getattr(self, f"oauth_{f}") for f in OAUTH_FIELDS})
+
+
+@dataclass(frozen=True)
+class OAuthSettings:
+    """The oauth_* keys of a mailbox, or the relay_oauth_* keys of [outbound] (SPEC §10)."""
+
+    provider: str = ""  # microsoft | google | custom
+    tenant: str = "organizations"  # microsoft only
+    client_id: str = ""
+    client_secret: str = ""
+    scope: str = ""  # empty: the provider's IMAP or SMTP scope, with offline access
+    token_url: str = ""  # custom only
+    device_url: str = ""  # custom only
+
+
+OAUTH_FIELDS = tuple(f.name for f in dataclasses.fields(OAuthSettings))
+OAUTH_PROVIDERS = ("microsoft", "google", "custom")
+
+
+@dataclass(frozen=True)
+class OperationsConfig:
+    alert_address: str = ""  # told by mail when an OAuth2 token stops working; empty: the log only
 
 
 @dataclass(frozen=True)
@@ -173,6 +219,7 @@ class Config:
     processing: ProcessingConfig = field(default_factory=ProcessingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    operations: OperationsConfig = field(default_factory=OperationsConfig)
     imap: tuple[ImapConfig, ...] = ()
     agents: tuple[AgentConfig, ...] = ()
     source: str = ""  # the file it came from, "" for the embedded defaults
@@ -328,8 +375,17 @@ def _check(config: Config) -> None:
     if config.policy.require_authenticated_sender and not config.policy.trusted_authserv_id:
         raise ConfigError("policy.trusted_authserv_id: needed when require_authenticated_sender is on")
     _check_agents(config.agents)
+    _check_oauth("outbound.relay_", config.outbound.relay_auth, config.outbound.relay_oauth)
+    if config.outbound.relay_auth == "oauth2" and not config.outbound.relay_username:
+        raise ConfigError("outbound.relay_username: the mailbox to send as is needed with relay_auth = oauth2")
+    alert = config.operations.alert_address
+    if alert and not _looks_like_address(alert):
+        raise ConfigError(f"operations.alert_address: {alert!r} is not an e-mail address")
     for i, box in enumerate(config.imap):
         _check_imap(f"imap[{i}]", box)
+        _check_oauth(f"imap[{i}].", box.auth, box.oauth)
+        if box.auth == "oauth2" and box.label == "relay":
+            raise ConfigError(f"imap[{i}].name: \"relay\" names the relay's OAuth2 account; choose another name")
         if [b.label for b in config.imap].index(box.label) != i:
             raise ConfigError(f"imap[{i}].name: {box.label!r} names two mailboxes; give each its own name")
 
@@ -361,6 +417,26 @@ def _check_imap(key: str, box: ImapConfig) -> None:
         raise ConfigError(f"{key}.processed_folder: must differ from folder (empty: expunge instead)")
     if box.poll_seconds <= 0:
         raise ConfigError(f"{key}.poll_seconds: must be more than 0")
+
+
+def _check_oauth(prefix: str, auth: str, oauth: OAuthSettings) -> None:
+    """The auth key and, with oauth2, the oauth_* keys of a mailbox or the relay."""
+    if auth not in ("password", "oauth2"):
+        raise ConfigError(f"{prefix}auth: one of password, oauth2")
+    if auth != "oauth2":
+        return
+    if oauth.provider not in OAUTH_PROVIDERS:
+        raise ConfigError(f"{prefix}oauth_provider: one of {', '.join(OAUTH_PROVIDERS)} (needed with auth = oauth2)")
+    if not oauth.client_id.strip():
+        raise ConfigError(f"{prefix}oauth_client_id: missing (the application's client id)")
+    if oauth.provider == "microsoft" and not oauth.tenant.strip():
+        raise ConfigError(f"{prefix}oauth_tenant: a tenant id or domain, or organizations")
+    for name in ("token_url", "device_url"):
+        url = getattr(oauth, name)
+        if oauth.provider == "custom" and not url.startswith(("https://", "http://")):
+            raise ConfigError(f"{prefix}oauth_{name}: an http(s) URL is needed with oauth_provider = custom")
+        if oauth.provider != "custom" and url:
+            raise ConfigError(f"{prefix}oauth_{name}: only for oauth_provider = custom")
 
 
 def _looks_like_address(address: str) -> bool:

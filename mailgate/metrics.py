@@ -31,6 +31,7 @@ class Metrics:
             "mailgate_send_failures", "Outbound delivery attempts that failed, by kind (temporary, permanent)",
             ["kind"], registry=self.registry)
         self.registry.register(_Depths(app))
+        self.registry.register(app.oauth)  # refresh failures and token expiry by account
 
     def message(self, outcome: str, seconds: float | None) -> None:
         self.messages.labels(outcome).inc()

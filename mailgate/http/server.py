@@ -35,6 +35,8 @@ async def healthz(request: web.Request) -> web.Response:
     if request.app[MAILBOXES] is not None:
         # Reported, not judged: a mailbox the daemon cannot reach does not make the daemon unhealthy.
         body["imap"] = request.app[MAILBOXES].report()
+    if app.oauth.keepers:
+        body["oauth"] = app.oauth.health()  # reported like the mailboxes: one account's trouble is its own
     return web.json_response(body, status=200 if ok else 503)
 
 

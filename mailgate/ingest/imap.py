@@ -13,6 +13,8 @@ before servers drop it), else it polls. Messages are addressed by UID under the 
 UIDVALIDITY, never by sequence number. A lost connection is retried for ever with
 exponential backoff and jitter, logged once when it goes and once when it is back; a failed
 login is logged as such and retried slowly. One broken mailbox never stops the others.
+A mailbox with `auth = "oauth2"` logs in with an access token (mailgate.oauth); a token the
+server refuses is refreshed and tried again at once, not after the wrong-password pause.
 Logs name mailboxes, UIDs and counts — never subjects or bodies.
 """
 
@@ -36,10 +38,12 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 
 from mailgate.app import App
 from mailgate.config import ImapConfig
-from mailgate.core.aio import OutageLog, wait_seconds
+from mailgate.core.aio import OutageLog, wait_any, wait_seconds
 from mailgate.models import utcnow
 from mailgate.core.spool import Envelope, SpoolError
 from mailgate.errors import first_line
+from mailgate.oauth import sasl
+from mailgate.oauth.refresher import NeedsLogin
 
 log = logging.getLogger("mailgate.imap")
 
@@ -103,12 +107,14 @@ class Poller:
         self._uidvalidity: int | None = None
         self._connection = OutageLog(log)  # down: cannot connect or log in
         self._sync_trouble = OutageLog(log)  # connected, but messages cannot be taken
+        self.tokens = app.oauth.get(self.name) if box.auth == "oauth2" else None  # its Keeper
 
     async def run(self, stopping: asyncio.Event) -> None:
         try:
             while not stopping.is_set():
                 pause = await self._session(stopping)
-                await _wait(stopping, pause)
+                # A new OAuth2 login (or a token working again) ends a login-failed pause at once.
+                await wait_any(stopping, *([self.tokens.renewed] if self.tokens else []), timeout=pause)
         finally:
             self.state.status = "stopped"
             self._thread.shutdown(wait=False)
@@ -124,11 +130,11 @@ class Poller:
         pause before the next try."""
         session = None
         try:
-            session = await self._blocking(self._open)
+            session = await self._connect()
             self._up(session)
             await self._serve(session, stopping)
             return 0
-        except LoginFailed as e:
+        except (LoginFailed, NeedsLogin) as e:
             self._down(LOGIN_FAILED, e)
             return LOGIN_RETRY_SECONDS
         except Exception as e:  # whatever it was: this mailbox tries again, the others go on
@@ -138,14 +144,25 @@ class Poller:
             if session is not None:  # LOGOUT only on a good connection; a dead one could hang it
                 await self._blocking(_close, session.client, self.state.status == CONNECTED)
 
-    def _open(self) -> Session:
+    async def _connect(self) -> Session:
+        """A logged-in session; with OAuth2, a refused token is refreshed and tried once more."""
+        if self.tokens is None:
+            return await self._blocking(self._open, None)
+        self.tokens.renewed.clear()
+        token = await self.tokens.token()
+        try:
+            return await self._blocking(self._open, token)
+        except LoginFailed:
+            return await self._blocking(self._open, await self.tokens.renew(token))
+
+    def _open(self, token: str | None) -> Session:
         box = self.box
         context = _tls_context(box) if box.tls or box.starttls else None
         client = IMAPClient(box.host, port=box.port, ssl=box.tls, ssl_context=context, timeout=TIMEOUT)
         try:
             if not box.tls and box.starttls and client.has_capability("STARTTLS"):
                 client.starttls(context)
-            _login(client, box)
+            _login(client, box, token)
             self._select(client)
             return Session(client, idle=box.idle and client.has_capability("IDLE"),
                            move=client.has_capability("MOVE"), uidplus=client.has_capability("UIDPLUS"))
@@ -343,7 +360,7 @@ class Pollers:
             log.warning("IMAP: %d mailbox(es) did not stop within %ds; cancelled", len(pending), timeout)
 
     def report(self) -> dict[str, dict]:
-        return {p.name: asdict(p.state) for p in self.pollers}
+        return {p.name: {**asdict(p.state), **({"oauth": p.tokens.health} if p.tokens else {})} for p in self.pollers}
 
 
 # --- blocking helpers (run in a mailbox's thread) ---------------------------------------
@@ -357,9 +374,12 @@ def _tls_context(box: ImapConfig) -> ssl.SSLContext:
     return context
 
 
-def _login(client: IMAPClient, box: ImapConfig) -> None:
+def _login(client: IMAPClient, box: ImapConfig, token: str | None) -> None:
     try:
-        client.login(box.username, box.password)
+        if token is None:
+            client.login(box.username, box.password)
+        else:
+            sasl.imap_login(client, box.username, token)
     except LoginError as e:
         if "UNAVAILABLE" in str(e):  # RFC 5530: the server's own trouble, retried like an outage
             raise
@@ -436,7 +456,7 @@ def _describe(error: BaseException) -> str:
     text = first_line(error)
     if text.startswith(("b'", 'b"')) and text[-1:] == text[1]:
         text = text[2:-1]
-    if isinstance(error, (LoginFailed, ConnectionLost)) or text == type(error).__name__:
+    if isinstance(error, (LoginFailed, ConnectionLost, NeedsLogin)) or text == type(error).__name__:
         return text
     return f"{type(error).__name__}: {text}"
 

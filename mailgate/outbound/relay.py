@@ -2,7 +2,9 @@
 
 Replies are sorted the way SPEC §7 retries them: 5xx → PermanentFailure (the message is
 failed, the reply kept); 4xx → TemporaryFailure; 421, a refused or lost connection, a
-timeout, a failed greeting, STARTTLS or login → Outage (nothing can be sent now).
+timeout, a failed greeting, STARTTLS or login → Outage (nothing can be sent now). With
+`relay_auth = "oauth2"` the login is SASL with an access token (mailgate.oauth): a token the
+relay refuses is refreshed and tried once more at once.
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ import asyncio
 import aiosmtplib
 
 from mailgate.config import OutboundConfig
+from mailgate.oauth import sasl
+from mailgate.oauth.endpoint import TokenError
 from mailgate.outbound.errors import Outage, PermanentFailure, TemporaryFailure
 
 _NETWORK_ERRORS = (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError)
 
 
 class Relay:
-    def __init__(self, cfg: OutboundConfig):
+    def __init__(self, cfg: OutboundConfig, tokens=None):
         self.cfg = cfg
+        self.tokens = tokens  # the relay's OAuth2 Keeper, with relay_auth = "oauth2"
         self.name = f"relay {cfg.relay_host}:{cfg.relay_port}"
         self._client: aiosmtplib.SMTP | None = None
         self._local_hostname: str | None = None  # our name in EHLO; looked up (DNS) once
@@ -65,15 +70,29 @@ class Relay:
         client = aiosmtplib.SMTP(
             hostname=cfg.relay_host, port=cfg.relay_port, timeout=cfg.timeout_seconds,
             use_tls=cfg.relay_tls == "tls", start_tls=cfg.relay_tls == "starttls",
-            username=cfg.relay_username or None, password=cfg.relay_password or None,
+            username=None if self.tokens else cfg.relay_username or None,
+            password=None if self.tokens else cfg.relay_password or None,
             local_hostname=self._local_hostname,
         )
         try:
             await client.connect()
+            if self.tokens is not None:
+                await self._oauth_login(client)
         except _NETWORK_ERRORS as e:  # greeting, STARTTLS and login included: not the message's fault
+            client.close()
             raise Outage(getattr(e, "code", None), _text(e)) from None
+        except TokenError as e:
+            client.close()
+            raise Outage(None, f"OAuth2: {e}") from None
         self._client, self._local_hostname = client, client.local_hostname
         return client
+
+    async def _oauth_login(self, client: aiosmtplib.SMTP) -> None:
+        token = await self.tokens.token()
+        try:
+            await sasl.smtp_login(client, self.cfg.relay_username, token)
+        except aiosmtplib.SMTPAuthenticationError:  # expired early or revoked: a new one, at once
+            await sasl.smtp_login(client, self.cfg.relay_username, await self.tokens.renew(token))
 
     async def _reset(self) -> None:
         try:

@@ -180,7 +180,7 @@ class Sender:
 
     def _transport(self):
         if self.cfg.relay_host:
-            return Relay(self.cfg)
+            return Relay(self.cfg, self.app.oauth.relay)
         return MaildirTransport(self.app.config.state_dir / "outbox")
 
     # --- waiting -----------------------------------------------------------------------

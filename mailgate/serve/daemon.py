@@ -63,6 +63,7 @@ class Daemon:
         for task in background:
             task.cancel()
         await self.mailboxes.stop(IMAP_STOP_SECONDS)
+        await self.app.oauth.stop()
         for name, task in tasks.items():
             try:
                 await asyncio.wait_for(task, SHUTDOWN_GRACE_SECONDS)
@@ -113,6 +114,7 @@ class Daemon:
     def _start_mailboxes(self) -> None:
         for box in self.app.config.imap:
             _announce(f"IMAP {box.label} {box.host}:{box.port}/{box.folder}")
+        self.app.oauth.start(self.stopping)  # tokens refreshed on their own schedule
         self.mailboxes.start(self.stopping)
 
     async def _stop_listeners(self) -> None:
