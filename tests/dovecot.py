@@ -34,13 +34,15 @@ instance_name = {instance}
 protocols = imap
 listen = 127.0.0.1
 {ssl}
-auth_mechanisms = plain login
+auth_mechanisms = plain login{oauth_mechanisms}
+auth_cache_size = 0
 default_login_user = dovenull
 default_internal_user = dovecot
 default_internal_group = dovecot
 first_valid_uid = 500
 mail_location = maildir:~/Maildir
 {capability}
+{oauth_passdb}
 passdb {{
   driver = passwd-file
   args = {base}/passwd
@@ -65,6 +67,22 @@ disable_plaintext_auth = no"""
 
 # Dovecot counts loopback connections as secured and lets them log in without TLS even so;
 # its log tells the two apart ("TLS" or "secured" in the Login line).
+# Access tokens checked by introspection (RFC 7662) at the test's authorisation server
+# (tests/oauthserver.py); the token's username must be the one logging in.
+OAUTH_PASSDB = """\
+passdb {{
+  driver = oauth2
+  mechanisms = {mechanisms}
+  args = {base}/dovecot-oauth2.conf.ext
+}}"""
+OAUTH_CONF = """\
+introspection_mode = post
+introspection_url = {url}
+username_attribute = username
+active_attribute = active
+active_value = true
+"""
+
 WITH_TLS = """\
 ssl = required
 ssl_cert = <{base}/cert.pem
@@ -80,9 +98,12 @@ class Dovecot:
     With tls=True it has a self-signed certificate (`cert`, for clients' ca_file), offers
     STARTTLS on `port` and implicit TLS on `tls_port`."""
 
-    def __init__(self, users: dict[str, str], tls: bool = False, capability: str | None = None):
+    def __init__(self, users: dict[str, str], tls: bool = False, capability: str | None = None,
+                 introspection_url: str | None = None, oauth_mechanisms: str = "xoauth2 oauthbearer"):
         self.users = dict(users)
         self.capability = capability
+        self.introspection_url = introspection_url  # set: users may also log in with OAuth2 tokens
+        self.oauth_mechanisms = oauth_mechanisms
         self.base = Path(tempfile.mkdtemp(prefix="dv", dir="/tmp"))
         self.port = _free_port()
         self.tls_port = _free_port() if tls else 0
@@ -105,8 +126,16 @@ class Dovecot:
         tls_settings = (WITH_TLS if self.cert else NO_TLS).format(base=self.base)
         capability = f"imap_capability = {self.capability}" if self.capability else ""
         conf.write_text(CONF.format(base=self.base, port=self.port, tls_port=self.tls_port, ssl=tls_settings,
-                                    instance=f"mgtest-{uuid.uuid4().hex[:8]}", capability=capability))
+                                    instance=f"mgtest-{uuid.uuid4().hex[:8]}", capability=capability,
+                                    **self._oauth_settings()))
         return conf
+
+    def _oauth_settings(self) -> dict[str, str]:
+        if not self.introspection_url:
+            return {"oauth_mechanisms": "", "oauth_passdb": ""}
+        (self.base / "dovecot-oauth2.conf.ext").write_text(OAUTH_CONF.format(url=self.introspection_url))
+        return {"oauth_mechanisms": f" {self.oauth_mechanisms}",
+                "oauth_passdb": OAUTH_PASSDB.format(base=self.base, mechanisms=self.oauth_mechanisms)}
 
     def start(self, timeout: float = 20.0) -> "Dovecot":
         with open(self.base / "stderr.log", "ab") as stderr:
@@ -152,6 +181,12 @@ class Dovecot:
                 wait_for(lambda: not _signal_group(group, 0), timeout, message="dovecot's processes to end")
             except AssertionError:
                 _signal_group(group, signal.SIGKILL)
+
+    def kick(self, user: str) -> None:
+        """Drop USER's sessions, as a server does when their token expires or is revoked
+        (Exchange Online closes IMAP sessions whose token has run out)."""
+        doveadm = shutil.which("doveadm") or shutil.which("doveadm", path="/usr/bin:/usr/sbin")
+        subprocess.run([doveadm, "-c", str(self.conf), "kick", user], check=True, capture_output=True)
 
     def remove(self) -> None:
         self.stop()

@@ -55,7 +55,7 @@ async def token(url: str, form: dict[str, str]) -> Tokens:
     body = await post(url, form)
     access = body.get("access_token")
     if not isinstance(access, str) or not access:
-        raise ServerUnavailable(f"{url}: a token response without an access token")
+        raise ServerUnavailable(f"authorisation server {url}: a token response without an access token")
     try:
         expires_in = float(body.get("expires_in") or DEFAULT_EXPIRES_IN)
     except (TypeError, ValueError):
@@ -72,7 +72,7 @@ async def post(url: str, form: dict[str, str]) -> dict:
                 text = await response.text()
                 status = response.status
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-        raise ServerUnavailable(f"{url}: {_describe(e)}") from None
+        raise ServerUnavailable(f"authorisation server {url}: {_describe(e)}") from None
     return _answer(url, status, text)
 
 
@@ -82,12 +82,12 @@ def _answer(url: str, status: int, text: str) -> dict:
     except ValueError:
         body = None
     if not isinstance(body, dict):
-        raise ServerUnavailable(f"{url}: HTTP {status}, not a JSON object")
+        raise ServerUnavailable(f"authorisation server {url}: HTTP {status}, not a JSON object")
     if status == 200:
         return body
     error = body.get("error")
     if status >= 500 or status == 429 or not isinstance(error, str) or error in PASSING_ERRORS:
-        raise ServerUnavailable(f"{url}: HTTP {status} {error or ''}".rstrip())
+        raise ServerUnavailable(f"authorisation server {url}: HTTP {status} {error or ''}".rstrip())
     raise TokenRefused(error, str(body.get("error_description") or ""))
 
 

@@ -64,6 +64,8 @@ def smtp_mechanism(client: aiosmtplib.SMTP) -> str:
 
 async def smtp_login(client: aiosmtplib.SMTP, username: str, token: str) -> None:
     """AUTH with TOKEN; SMTPAuthenticationError when the relay refuses it."""
+    if client.is_ehlo_or_helo_needed:  # the mechanisms are in the EHLO reply
+        await client.ehlo()
     mechanism = smtp_mechanism(client)
     encoded = base64.b64encode(initial_response(mechanism, username, token))
     response = await client.execute_command(b"AUTH", mechanism.encode(), encoded)

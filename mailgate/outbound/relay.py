@@ -83,7 +83,7 @@ class Relay:
             raise Outage(getattr(e, "code", None), _text(e)) from None
         except TokenError as e:
             client.close()
-            raise Outage(None, f"OAuth2: {e}") from None
+            raise Outage(None, str(e)) from None
         self._client, self._local_hostname = client, client.local_hostname
         return client
 

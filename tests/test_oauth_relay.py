@@ -1,0 +1,215 @@
+"""OAuth2 for the outbound relay (SPEC §10) against a real aiosmtpd relay that checks XOAUTH2 and
+OAUTHBEARER tokens by introspection at a real authorisation server on loopback
+(tests/oauthserver.py); and `mailgate oauth login` and `oauth status` through the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import stat
+import subprocess
+import sys
+
+import pytest
+from sqlmodel import select
+
+from mailgate import config as config_module
+from mailgate.app import App
+from mailgate.models import Outbound
+from mailgate.oauth import device, providers
+from mailgate.oauth.store import TokenRecord, TokenStore
+from tests import world
+from tests.oauthrelay import OAuthRelaySink
+from tests.oauthserver import CLIENT_ID, AuthServer
+from tests.support import cli_json, wait_for
+
+SENDER = "support@example.com"
+OPERATOR = "ops@example.com"
+
+
+@pytest.fixture
+def auth():
+    server = AuthServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def oauth_sink(auth):
+    sinks = []
+
+    def start(mechanisms=("XOAUTH2", "OAUTHBEARER")) -> OAuthRelaySink:
+        sinks.append(OAuthRelaySink(introspection_url=auth.url("/introspect"), mechanisms=mechanisms).start())
+        return sinks[-1]
+
+    yield start
+    for s in sinks:
+        s.stop()
+
+
+def oauth_keys(auth, prefix: str = "") -> dict:
+    """The oauth_* keys of a mailbox (PREFIX "") or the relay ("relay_") for the test server."""
+    return {f"{prefix}auth": "oauth2", f"{prefix}oauth_provider": "custom", f"{prefix}oauth_client_id": CLIENT_ID,
+            f"{prefix}oauth_token_url": auth.url("/token"), f"{prefix}oauth_device_url": auth.url("/device"),
+            f"{prefix}oauth_scope": "mail"}
+
+
+def relay_config(make_config, auth, sink):
+    return make_config(outbound=sink.config(relay_username=SENDER, retry_initial_seconds=0.1, retry_max_seconds=0.3,
+                                            **oauth_keys(auth, "relay_")),
+                       operations={"alert_address": OPERATOR})
+
+
+def signed_in(config_path, auth, name: str = "relay", user: str = SENDER, with_access: bool = False) -> str:
+    """Store a grant of the test server for account NAME, as `oauth login` would; its refresh token."""
+    refresh, access = auth.issue(user)
+    record = TokenRecord(refresh_token=refresh)
+    if with_access:
+        record = record.with_tokens(access, auth.lifetime, None)
+    TokenStore(config_module.load(config_path).state_dir, name).write(record)
+    return refresh
+
+
+def _app(config_path) -> App:
+    app = App(config_module.load(config_path)).prepare()
+    world.build(app)  # four notifications queued
+    return app
+
+
+def _rows(app: App, event: str | None = None) -> list[Outbound]:
+    with app.db.session() as s:
+        return [r for r in s.exec(select(Outbound).order_by(Outbound.id)) if event is None or r.event == event]
+
+
+@pytest.mark.parametrize("mechanisms", [("XOAUTH2",), ("XOAUTH2", "OAUTHBEARER")])
+def test_the_relay_logs_in_with_a_token_and_keeps_the_rotated_refresh_token(make_config, auth, oauth_sink, cli,
+                                                                            mechanisms):
+    sink = oauth_sink(mechanisms)
+    path = relay_config(make_config, auth, sink)
+    app = _app(path)
+    first = signed_in(path, auth)
+    code, out, err = cli("outbox", "flush", config=path)
+    assert (code, out.strip()) == (0, "sent 4, deferred 0, failed 0"), err
+    expected = "OAUTHBEARER" if "OAUTHBEARER" in mechanisms else "XOAUTH2"
+    assert sink.logins == [(expected, SENDER, True)]  # one session for all four
+    assert auth.counts["refresh"] == 1
+    stored = TokenStore(app.config.state_dir, "relay").read()
+    assert stored.refresh_token == auth.refresh_token_of(SENDER) != first  # rotated, and kept
+    (status,) = cli_json(lambda *a: cli(*a, config=path), "oauth", "status")
+    assert status["name"] == "relay" and status["has_token"] and status["last_error"] is None
+    assert status["expires_at"] and status["last_refresh"]
+    app.db.dispose()
+
+
+def test_a_token_the_relay_refuses_is_refreshed_and_tried_again_at_once(make_config, auth, oauth_sink, cli):
+    sink = oauth_sink()
+    path = relay_config(make_config, auth, sink)
+    app = _app(path)
+    signed_in(path, auth, with_access=True)  # an access token the file says is good for an hour ...
+    auth.expire_access_tokens()  # ... that the server no longer takes
+    code, out, err = cli("outbox", "flush", config=path)
+    assert (code, out.strip()) == (0, "sent 4, deferred 0, failed 0"), err
+    assert sink.logins == [("OAUTHBEARER", SENDER, False), ("OAUTHBEARER", SENDER, True)]
+    assert auth.counts["refresh"] == 1
+    app.db.dispose()
+
+
+def test_a_revoked_relay_token_stops_sending_mails_the_operator_once_and_a_new_login_resumes(
+        make_config, auth, oauth_sink, cli, tmp_path):
+    sink = oauth_sink()
+    path = relay_config(make_config, auth, sink)
+    app = _app(path)
+    signed_in(path, auth)
+    auth.revoke(SENDER)
+    for _ in range(2):  # the second pass retries the token: still one operator mail
+        code, out, err = cli("outbox", "flush", config=path)
+        assert code == 0 and "stopped: OAuth2" in out and "invalid_grant" in out, (out, err)
+    assert sink.received == [] and auth.counts["refused"] == 2
+    (alert,) = _rows(app, "oauth_refresh_failed")
+    assert alert.recipient == OPERATOR and alert.status == "queued"  # it waits for the relay, like the rest
+    assert b"mailgate oauth login relay" in alert.message
+    (status,) = cli_json(lambda *a: cli(*a, config=path), "oauth", "status")
+    assert not status["has_token"] and "refresh refused: invalid_grant" in status["last_error"]
+
+    login = _login_process(path, "relay")
+    user_code = _user_code(login)
+    auth.approve(user_code, SENDER)
+    out, err = _finish(login)
+    assert login.returncode == 0, err
+    code, out, err = cli("outbox", "flush", config=path)
+    assert (code, out.strip()) == (0, "sent 5, deferred 0, failed 0"), err  # the operator's mail too
+    assert {r.rcpt_tos[0] for r in sink.received} >= {OPERATOR}
+    app.db.dispose()
+
+
+def test_oauth_login_prints_the_code_and_stores_the_refresh_token_in_a_private_file(make_config, auth, oauth_sink):
+    path = relay_config(make_config, auth, oauth_sink())
+    login = _login_process(path, "relay")
+    lines = [login.stdout.readline() for _ in range(2)]
+    user_code = re.search(r"enter the code (\w+)", lines[1]).group(1)
+    assert auth.url("/verify") in lines[0]
+    wait_for(lambda: auth.counts["device poll"] >= 2, message="the CLI to poll (authorization_pending)")
+    auth.approve(user_code, SENDER)
+    out, err = _finish(login)
+    assert login.returncode == 0, err
+    store = TokenStore(config_module.load(path).state_dir, "relay")
+    assert store.read().refresh_token == auth.refresh_token_of(SENDER)
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(store.dir).st_mode) == 0o700
+    printed = "".join(lines) + out + err
+    assert "rt-" not in printed and "at-" not in printed  # no token is ever shown
+    assert "verify?code=" + user_code in printed, printed  # verification_uri_complete
+
+
+@pytest.mark.parametrize("server, said", [({"denying": True}, "the sign-in was refused (access_denied"),
+                                          ({"device_expires_in": 0.3}, "the code expired")])
+def test_oauth_login_exits_1_when_refused_or_expired(make_config, auth, oauth_sink, cli, server, said):
+    path = relay_config(make_config, auth, oauth_sink())
+    for key, value in server.items():
+        setattr(auth, key, value)
+    code, out, err = cli("oauth", "login", "relay", config=path)
+    assert code == 1 and said in err, (out, err)
+    assert not TokenStore(config_module.load(path).state_dir, "relay").path.exists()
+
+
+def test_the_device_grant_slows_down_when_asked(make_config, auth, oauth_sink):
+    config = config_module.load(relay_config(make_config, auth, oauth_sink()))
+    account = providers.accounts(config)["relay"]
+
+    async def grant():
+        code = await device.start(account)
+        auth.slow_down(code.user_code)
+        auth.approve(code.user_code, SENDER)  # the first poll gets slow_down, the next one the tokens
+        return await device.wait_for_grant(account, code, slow_down=0.5)
+
+    tokens = asyncio.run(grant())
+    assert tokens.refresh_token == auth.refresh_token_of(SENDER)
+    first, second = auth.polls
+    assert second - first >= auth.interval + 0.5
+
+
+def test_oauth_login_of_an_unknown_account_is_a_one_line_error(cli):
+    code, out, err = cli("oauth", "login", "nosuch")
+    assert code == 1 and "no OAuth2 account 'nosuch'" in err
+
+
+def _login_process(path, name: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mailgate", "--config", str(path), "oauth", "login", name],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(login: subprocess.Popen) -> tuple[str, str]:
+    """The rest of what the CLI prints, once it exits. (communicate() would read past the lines
+    readline() has buffered.)"""
+    out, err = login.stdout.read(), login.stderr.read()
+    login.wait(timeout=30)
+    return out, err
+
+
+def _user_code(login: subprocess.Popen) -> str:
+    while True:
+        line = login.stdout.readline()
+        assert line, "the CLI ended before it showed a code"
+        if m := re.search(r"enter the code (\w+)", line):
+            return m.group(1)
