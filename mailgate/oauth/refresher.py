@@ -84,9 +84,9 @@ class Keeper:
     async def renew(self, rejected: str) -> str:
         """The server refused REJECTED before its time (revoked, or expired early): a new one."""
         log.info("OAuth2 %s: the server refused the access token; refreshing it", self.name)
-        return await self._refresh(stale=rejected)
+        return await self._refresh(stale=rejected, rejected=True)
 
-    async def _refresh(self, stale: str | None) -> str:
+    async def _refresh(self, stale: str | None, rejected: bool = False) -> str:
         async with self._lock:
             try:
                 lock = await run_blocking(self.store.lock)
@@ -99,6 +99,8 @@ class Keeper:
                     raise NeedsLogin(f"no OAuth2 token yet: run `mailgate oauth login {self.name}`")
                 if record.access_token != stale and not record.refused and self._fresh(record):
                     return record.access_token
+                if rejected and record.access_token == stale:
+                    record = record.without_access_token()  # never handed out again
                 if record.refused and self._refused_recently():
                     return self._still_valid(record)
                 return await self._exchange(record)

@@ -60,6 +60,9 @@ class TokenRecord:
         return TokenRecord(refresh_token=refresh_token or self.refresh_token, access_token=access_token,
                            expires_at=(now + timedelta(seconds=expires_in)).isoformat(), last_refresh=now.isoformat())
 
+    def without_access_token(self) -> "TokenRecord":
+        return dataclasses.replace(self, access_token="", expires_at=None)
+
     def failed(self, error: str, refused: bool) -> "TokenRecord":
         # The episode (and its one operator mail) lasts until a refresh succeeds.
         return dataclasses.replace(self, last_error=error, refused=refused)
