@@ -56,6 +56,7 @@ class Keeper:
         self.problem: str | None = None  # REFRESH_FAILED or UNREACHABLE while it lasts
         self.failures: Counter[str] = Counter()  # refused, unavailable
         self.renewed = asyncio.Event()  # set when the account works again after a problem
+        self._troubled = asyncio.Event()  # set when a problem starts: the schedule watches from then on
         self._lock = asyncio.Lock()  # one refresh at a time within this process
         self._refused_at: float | None = None  # monotonic; when this process last had a refusal
 
@@ -95,7 +96,7 @@ class Keeper:
             try:
                 record = await self._read()  # again, under the lock: another process may have refreshed
                 if record is None:
-                    self.problem = NO_TOKEN
+                    self._trouble(NO_TOKEN)
                     raise NeedsLogin(f"no OAuth2 token yet: run `mailgate oauth login {self.name}`")
                 if record.access_token != stale and not record.refused and self._fresh(record):
                     return record.access_token
@@ -132,13 +133,15 @@ class Keeper:
         self.failures["refused"] += 1
         self._refused_at = time.monotonic()
         failed = record.failed(f"refresh refused: {error}", refused=True)
-        if self.problem != REFRESH_FAILED:
-            self.problem = REFRESH_FAILED
+        first = self.problem != REFRESH_FAILED
+        if first:
             log.error("OAuth2 %s: the authorisation server refused the refresh token (%s); %s stops until "
                       "`mailgate oauth login %s`", self.name, error, _what(self.account), self.name)
         if not failed.alerted and await self._alert(str(error)):
             failed = dataclasses.replace(failed, alerted=True)
         await self._write(failed)
+        if first:
+            self._trouble(REFRESH_FAILED)
 
     async def _alert(self, error: str) -> bool:
         """Mail the operator; False when that could not be done now (tried at the next refusal)."""
@@ -157,9 +160,13 @@ class Keeper:
     async def _unreachable(self, record: TokenRecord, error: ServerUnavailable) -> None:
         self.failures["unavailable"] += 1
         if self.problem in (None, NO_TOKEN):
-            self.problem = UNREACHABLE
+            self._trouble(UNREACHABLE)
             log.error("OAuth2 %s: authorisation server unreachable (%s); retrying", self.name, error)
         await self._write(record.failed(f"authorisation server unreachable: {error}", refused=record.refused))
+
+    def _trouble(self, problem: str) -> None:
+        self.problem = problem
+        self._troubled.set()  # wherever it was noticed (a login, the relay), the schedule looks now
 
     def _working_again(self) -> None:
         if self.problem is None:
@@ -191,13 +198,14 @@ class Keeper:
             except Exception:  # a bug: logged with its traceback, and the schedule goes on
                 log.exception("OAuth2 %s: refresh failed", self.name)
             outages = outages + 1 if self.problem == UNREACHABLE else 0
-            await wait_any(stopping, timeout=self._pause(outages))
+            self._troubled.clear()
+            await wait_any(stopping, self._troubled, timeout=self._pause(outages))
 
     def _pause(self, outages: int) -> float:
         record = self.record
         if outages:
             return wait_seconds(_BACKOFF, outages)
-        if record is None or record.refused:
+        if record is None or record.refused or self.problem in (REFRESH_FAILED, NO_TOKEN):
             return WATCH_SECONDS
         return min(max(record.seconds_left() - self._ahead(record), 0.0), MAX_SLEEP_SECONDS)
 
