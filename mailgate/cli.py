@@ -217,13 +217,14 @@ def cmd_outbox_flush(app: App, args) -> int:
 def cmd_oauth_login(app: App, args) -> int:
     import asyncio
 
-    from mailgate.oauth import device
+    from mailgate.oauth import browser, device
     from mailgate.oauth.store import TokenStore
 
     account = _oauth_account(app, args.name)
     store = TokenStore(app.config.state_dir, account.name)
+    flow = browser if account.authorize_url else device  # Google: a browser sign-in
     try:
-        asyncio.run(device.login(account, store, say=lambda line: print(line, flush=True)))
+        asyncio.run(flow.login(account, store, say=lambda line: print(line, flush=True)))
     except device.LoginFailed as e:
         raise CliError(f"oauth login {account.name}: {e}") from None
     print(f"{account.name}: signed in; the refresh token is kept in {store.path}")

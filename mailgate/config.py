@@ -83,6 +83,7 @@ class OutboundConfig:
     relay_oauth_scope: str = ""
     relay_oauth_token_url: str = ""
     relay_oauth_device_url: str = ""
+    relay_oauth_authorize_url: str = ""
     max_age_hours: float = 48.0
     retry_initial_seconds: float = 60.0  # first backoff after a passing failure; doubles, with jitter
     retry_max_seconds: float = 3600.0
@@ -162,6 +163,7 @@ class ImapConfig:
     oauth_scope: str = ""
     oauth_token_url: str = ""
     oauth_device_url: str = ""
+    oauth_authorize_url: str = ""
 
     @property
     def label(self) -> str:
@@ -184,6 +186,7 @@ class OAuthSettings:
     scope: str = ""  # empty: the provider's IMAP or SMTP scope, with offline access
     token_url: str = ""  # custom only
     device_url: str = ""  # custom only
+    authorize_url: str = ""  # custom only: sign in with a browser (authorisation code) instead of a device code
 
 
 OAUTH_FIELDS = tuple(f.name for f in dataclasses.fields(OAuthSettings))
@@ -431,12 +434,16 @@ def _check_oauth(prefix: str, auth: str, oauth: OAuthSettings) -> None:
         raise ConfigError(f"{prefix}oauth_client_id: missing (the application's client id)")
     if oauth.provider == "microsoft" and not oauth.tenant.strip():
         raise ConfigError(f"{prefix}oauth_tenant: a tenant id or domain, or organizations")
-    for name in ("token_url", "device_url"):
+    for name in ("token_url", "device_url", "authorize_url"):
         url = getattr(oauth, name)
-        if oauth.provider == "custom" and not url.startswith(("https://", "http://")):
-            raise ConfigError(f"{prefix}oauth_{name}: an http(s) URL is needed with oauth_provider = custom")
         if oauth.provider != "custom" and url:
             raise ConfigError(f"{prefix}oauth_{name}: only for oauth_provider = custom")
+        if url and not url.startswith(("https://", "http://")):
+            raise ConfigError(f"{prefix}oauth_{name}: an http(s) URL")
+    if oauth.provider == "custom" and not oauth.token_url:
+        raise ConfigError(f"{prefix}oauth_token_url: needed with oauth_provider = custom")
+    if oauth.provider == "custom" and not (oauth.device_url or oauth.authorize_url):
+        raise ConfigError(f"{prefix}oauth_device_url: needed with oauth_provider = custom (or oauth_authorize_url)")
 
 
 def _looks_like_address(address: str) -> bool:

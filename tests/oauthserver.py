@@ -1,6 +1,8 @@
 """A small, real OAuth2 authorisation server on loopback for the OAuth2 tests (http.server in
 a thread). It speaks the parts of the protocols that mailgate and Dovecot use:
 
+    GET  /authorize   the authorisation code grant's sign-in page (RFC 6749 §4.1, PKCE RFC 7636):
+                      the user `signs_in_as` consents at once and is sent to the redirect URI
     POST /device      device authorisation (RFC 8628 §3.1)
     POST /token       the device_code grant (§3.4, with authorization_pending, slow_down,
                       access_denied, expired_token) and the refresh_token grant (RFC 6749 §6),
@@ -15,6 +17,8 @@ it again on the same port with its state kept (a restart, as of a server with a 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import secrets
 import socket
@@ -23,7 +27,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from mailgate.oauth.endpoint import DEVICE_GRANT
 
@@ -55,6 +59,8 @@ class AuthServer:
     interval: float = 0.05  # the device grant's polling interval
     device_expires_in: float = 600.0  # how long a user code is good for
     denying: bool = False  # every user code is refused (as if the user said no at once)
+    signs_in_as: str = ""  # who signs in at /authorize
+    codes: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # code → (user, challenge, redirect)
     grants: dict[str, Grant] = field(default_factory=dict)  # refresh token → grant
     access: dict[str, tuple[Grant, float]] = field(default_factory=dict)  # access token → (grant, expiry)
     devices: dict[str, Device] = field(default_factory=dict)  # device code → request
@@ -140,9 +146,20 @@ class AuthServer:
                      "verification_uri_complete": self.url(f"/verify?code={user_code}"),
                      "expires_in": self.device_expires_in, "interval": self.interval}
 
+    def authorize(self, query: dict) -> tuple[int, dict]:
+        """The sign-in page: (302, {"Location": …}) back to the client's redirect URI."""
+        if query.get("client_id") != CLIENT_ID or query.get("code_challenge_method") != "S256":
+            return 400, {"error": "invalid_request"}
+        code = _token("ac")
+        self.codes[code] = (self.signs_in_as, query.get("code_challenge", ""), query.get("redirect_uri", ""))
+        answer = urlencode({"code": code, "state": query.get("state", "")})
+        return 302, {"Location": f"{query.get('redirect_uri')}?{answer}"}
+
     def token(self, form: dict) -> tuple[int, dict]:
         if form.get("client_id") != CLIENT_ID:
             return 401, {"error": "invalid_client"}
+        if form.get("grant_type") == "authorization_code":
+            return self._code_grant(form)
         if form.get("grant_type") == DEVICE_GRANT:
             return self._device_grant(form.get("device_code", ""))
         if form.get("grant_type") == "refresh_token":
@@ -166,6 +183,16 @@ class AuthServer:
             return 400, {"error": "authorization_pending"}
         del self.devices[code]  # a device code is good for one grant
         grant = Grant(device.username, _token("rt"))
+        self.grants[grant.refresh_token] = grant
+        return 200, self._tokens(grant)
+
+    def _code_grant(self, form: dict) -> tuple[int, dict]:
+        user, challenge, redirect_uri = self.codes.pop(form.get("code", ""), ("", "", ""))
+        verifier = form.get("code_verifier", "").encode()
+        proof = base64.urlsafe_b64encode(hashlib.sha256(verifier).digest()).rstrip(b"=").decode()
+        if not user or proof != challenge or form.get("redirect_uri") != redirect_uri:
+            return 400, {"error": "invalid_grant"}
+        grant = Grant(user, _token("rt"))
         self.grants[grant.refresh_token] = grant
         return 200, self._tokens(grant)
 
@@ -208,6 +235,19 @@ def _handler(server: AuthServer):
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            path, _, query = self.path.partition("?")
+            if path != "/authorize":
+                return self._answer(404, {"error": "not_found"})
+            with server.lock:
+                status, body = server.authorize({k: v[0] for k, v in parse_qs(query).items()})
+            if status != 302:
+                return self._answer(status, body)
+            self.send_response(302)
+            self.send_header("Location", body["Location"])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
 
         def do_POST(self):
             length = int(self.headers.get("Content-Length") or 0)

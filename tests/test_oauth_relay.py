@@ -10,6 +10,8 @@ import re
 import stat
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import pytest
 from sqlmodel import select
@@ -171,6 +173,44 @@ def test_oauth_login_exits_1_when_refused_or_expired(make_config, auth, oauth_si
     code, out, err = cli("oauth", "login", "relay", config=path)
     assert code == 1 and said in err, (out, err)
     assert not TokenStore(config_module.load(path).state_dir, "relay").path.exists()
+
+
+@pytest.mark.parametrize("answer", ["redirect", "paste"])
+def test_oauth_login_with_a_browser_takes_the_redirect_or_a_pasted_address(make_config, auth, oauth_sink, answer):
+    """Google's way (its device grant refuses the mail scope): authorisation code with PKCE."""
+    sink = oauth_sink()
+    path = make_config(outbound=sink.config(relay_username=SENDER, relay_oauth_authorize_url=auth.url("/authorize"),
+                                            **oauth_keys(auth, "relay_")))
+    auth.signs_in_as = SENDER
+    login = subprocess.Popen([sys.executable, "-m", "mailgate", "--config", str(path), "oauth", "login", "relay"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = next(line.strip() for line in login.stdout if line.startswith(auth.url("/authorize")))
+    location = _sign_in(url)  # the browser, sent back to mailgate's loopback address
+    if answer == "redirect":
+        with urllib.request.urlopen(location, timeout=10) as page:
+            assert b"mailgate has the answer" in page.read()
+    else:  # the page did not load where the browser runs: its address is pasted
+        login.stdin.write(location + "\n")
+        login.stdin.flush()
+    out, err = _finish(login)
+    assert login.returncode == 0, err
+    store = TokenStore(config_module.load(path).state_dir, "relay")
+    assert store.read().refresh_token == auth.refresh_token_of(SENDER)
+    assert "rt-" not in out + err and "ac-" not in out + err
+
+
+def _sign_in(url: str) -> str:
+    """Open the sign-in URL as a browser would; where it sends the browser next."""
+    class Stop(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args):
+            return None
+
+    try:
+        urllib.request.build_opener(Stop).open(url, timeout=10)
+    except urllib.error.HTTPError as e:
+        assert e.code == 302
+        return e.headers["Location"]
+    raise AssertionError("no redirect")
 
 
 def test_the_device_grant_slows_down_when_asked(make_config, auth, oauth_sink):

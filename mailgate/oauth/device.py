@@ -92,7 +92,11 @@ async def login(account: Account, store: TokenStore, say: Callable[[str], None])
     if code.verification_uri_complete:
         say(f"(or open {code.verification_uri_complete}, which carries the code)")
     say(f"Waiting up to {code.expires_in / 60:.0f} minutes for the sign-in ...")
-    tokens = await wait_for_grant(account, code)
+    return await store_tokens(store, await wait_for_grant(account, code))
+
+
+async def store_tokens(store: TokenStore, tokens: Tokens) -> TokenRecord:
+    """Keep the tokens of a completed sign-in, in place of whatever was stored."""
     if tokens.refresh_token is None:
         raise LoginFailed("the server gave no refresh token (the scope needs offline access)")
     record = TokenRecord(refresh_token=tokens.refresh_token).with_tokens(tokens.access_token, tokens.expires_in, None)

@@ -20,6 +20,8 @@ MICROSOFT_SCOPES = {
 }
 GOOGLE_DEVICE_URL = "https://oauth2.googleapis.com/device/code"
 GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
+# Google's device grant refuses the mail scope (invalid_scope): a browser sign-in instead.
+GOOGLE_AUTHORIZE_URL = "https://accounts.google.com/o/oauth2/v2/auth"
 GOOGLE_SCOPE = "https://mail.google.com/"  # IMAP and SMTP alike; Google returns refresh tokens unasked
 
 
@@ -35,6 +37,7 @@ class Account:
     scope: str
     token_url: str
     device_url: str
+    authorize_url: str  # set: `oauth login` signs in with a browser (browser.py), else a device code
     used_for: str  # "imap" or "smtp"
 
     def form(self, **fields: str) -> dict[str, str]:
@@ -46,20 +49,20 @@ class Account:
 
 
 def account(name: str, username: str, settings: OAuthSettings, used_for: str) -> Account:
-    token_url, device_url, scope = _endpoints(settings, used_for)
+    token_url, device_url, authorize_url, scope = _endpoints(settings, used_for)
     return Account(name=name, username=username, provider=settings.provider, client_id=settings.client_id,
-                   client_secret=settings.client_secret, scope=settings.scope or scope,
-                   token_url=token_url, device_url=device_url, used_for=used_for)
+                   client_secret=settings.client_secret, scope=settings.scope or scope, token_url=token_url,
+                   device_url=device_url, authorize_url=authorize_url, used_for=used_for)
 
 
-def _endpoints(settings: OAuthSettings, used_for: str) -> tuple[str, str, str]:
-    """(token URL, device authorisation URL, default scope) of the provider."""
+def _endpoints(settings: OAuthSettings, used_for: str) -> tuple[str, str, str, str]:
+    """(token URL, device authorisation URL, authorisation URL, default scope) of the provider."""
     if settings.provider == "microsoft":
         base = MICROSOFT_LOGIN.format(tenant=settings.tenant.strip())
-        return f"{base}/token", f"{base}/devicecode", MICROSOFT_SCOPES[used_for]
+        return f"{base}/token", f"{base}/devicecode", "", MICROSOFT_SCOPES[used_for]
     if settings.provider == "google":
-        return GOOGLE_TOKEN_URL, GOOGLE_DEVICE_URL, GOOGLE_SCOPE
-    return settings.token_url, settings.device_url, ""
+        return GOOGLE_TOKEN_URL, GOOGLE_DEVICE_URL, GOOGLE_AUTHORIZE_URL, GOOGLE_SCOPE
+    return settings.token_url, settings.device_url, settings.authorize_url, ""
 
 
 def mailbox_account(box: ImapConfig) -> Account:
