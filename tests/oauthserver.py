@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode
 
+import pytest
+
 from mailgate.oauth.endpoint import DEVICE_GRANT
 
 CLIENT_ID = "mailgate-tests"
@@ -277,6 +279,14 @@ def _handler(server: AuthServer):
             pass
 
     return Handler
+
+
+@pytest.fixture
+def auth():
+    """A started AuthServer; stopped at the end."""
+    server = AuthServer().start()
+    yield server
+    server.stop()
 
 
 def _token(kind: str) -> str:

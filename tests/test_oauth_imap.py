@@ -18,19 +18,12 @@ from mailgate.models import Outbound
 from mailgate.oauth.refresher import NeedsLogin
 from mailgate.oauth.store import TokenStore
 from tests.dovecot import USERS, Dovecot, dovecot_binary
-from tests.oauthserver import AuthServer
+from tests.oauthserver import auth  # noqa: F401  (a fixture)
 from tests.support import add_customer, cli_json, make_message, wait_for
 from tests.test_imap import connected, healthz, log_lines, state, summaries
-from tests.test_oauth_relay import OPERATOR, _finish, _login_process, _user_code, oauth_keys, signed_in
+from tests.oauthsupport import OPERATOR, finish, login_process, oauth_keys, signed_in, user_code
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def auth():
-    server = AuthServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -137,9 +130,9 @@ def test_a_revoked_token_is_shown_everywhere_mailed_once_and_a_new_login_resumes
         asyncio.run(other.oauth.get("support").token())
     assert auth.counts["refused"] == 2
 
-    login = _login_process(path, "support")
-    auth.approve(_user_code(login), "support")
-    _, err = _finish(login)
+    login = login_process(path, "support")
+    auth.approve(user_code(login), "support")
+    _, err = finish(login)
     assert login.returncode == 0, err
     dovecot.append(make_message(subject="After the new login"), user="support")
     wait_for(lambda: "After the new login" in summaries(cli), timeout=10, message="the mailbox back at once")

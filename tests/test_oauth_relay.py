@@ -20,21 +20,13 @@ from mailgate import config as config_module
 from mailgate.app import App
 from mailgate.models import Outbound
 from mailgate.oauth import device, providers
-from mailgate.oauth.store import TokenRecord, TokenStore
+from mailgate.oauth.store import TokenStore
 from tests import world
 from tests.oauthrelay import OAuthRelaySink
-from tests.oauthserver import CLIENT_ID, AuthServer
+from tests.oauthserver import auth  # noqa: F401  (a fixture)
+from tests.oauthsupport import OPERATOR, SENDER, finish, login_process, oauth_keys, signed_in, user_code
 from tests.support import cli_json, wait_for
 
-SENDER = "support@example.com"
-OPERATOR = "ops@example.com"
-
-
-@pytest.fixture
-def auth():
-    server = AuthServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -50,27 +42,10 @@ def oauth_sink(auth):
         s.stop()
 
 
-def oauth_keys(auth, prefix: str = "") -> dict:
-    """The oauth_* keys of a mailbox (PREFIX "") or the relay ("relay_") for the test server."""
-    return {f"{prefix}auth": "oauth2", f"{prefix}oauth_provider": "custom", f"{prefix}oauth_client_id": CLIENT_ID,
-            f"{prefix}oauth_token_url": auth.url("/token"), f"{prefix}oauth_device_url": auth.url("/device"),
-            f"{prefix}oauth_scope": "mail"}
-
-
 def relay_config(make_config, auth, sink):
     return make_config(outbound=sink.config(relay_username=SENDER, retry_initial_seconds=0.1, retry_max_seconds=0.3,
                                             **oauth_keys(auth, "relay_")),
                        operations={"alert_address": OPERATOR})
-
-
-def signed_in(config_path, auth, name: str = "relay", user: str = SENDER, with_access: bool = False) -> str:
-    """Store a grant of the test server for account NAME, as `oauth login` would; its refresh token."""
-    refresh, access = auth.issue(user)
-    record = TokenRecord(refresh_token=refresh)
-    if with_access:
-        record = record.with_tokens(access, auth.lifetime, None)
-    TokenStore(config_module.load(config_path).state_dir, name).write(record)
-    return refresh
 
 
 def _app(config_path) -> App:
@@ -134,10 +109,9 @@ def test_a_revoked_relay_token_stops_sending_mails_the_operator_once_and_a_new_l
     (status,) = cli_json(lambda *a: cli(*a, config=path), "oauth", "status")
     assert not status["has_token"] and "refresh refused: invalid_grant" in status["last_error"]
 
-    login = _login_process(path, "relay")
-    user_code = _user_code(login)
-    auth.approve(user_code, SENDER)
-    out, err = _finish(login)
+    login = login_process(path, "relay")
+    auth.approve(user_code(login), SENDER)
+    out, err = finish(login)
     assert login.returncode == 0, err
     code, out, err = cli("outbox", "flush", config=path)
     assert (code, out.strip()) == (0, "sent 5, deferred 0, failed 0"), err  # the operator's mail too
@@ -147,13 +121,13 @@ def test_a_revoked_relay_token_stops_sending_mails_the_operator_once_and_a_new_l
 
 def test_oauth_login_prints_the_code_and_stores_the_refresh_token_in_a_private_file(make_config, auth, oauth_sink):
     path = relay_config(make_config, auth, oauth_sink())
-    login = _login_process(path, "relay")
+    login = login_process(path, "relay")
     lines = [login.stdout.readline() for _ in range(2)]
-    user_code = re.search(r"enter the code (\w+)", lines[1]).group(1)
+    shown = re.search(r"enter the code (\w+)", lines[1]).group(1)
     assert auth.url("/verify") in lines[0]
     wait_for(lambda: auth.counts["device poll"] >= 2, message="the CLI to poll (authorization_pending)")
-    auth.approve(user_code, SENDER)
-    out, err = _finish(login)
+    auth.approve(shown, SENDER)
+    out, err = finish(login)
     assert login.returncode == 0, err
     store = TokenStore(config_module.load(path).state_dir, "relay")
     assert store.read().refresh_token == auth.refresh_token_of(SENDER)
@@ -161,7 +135,7 @@ def test_oauth_login_prints_the_code_and_stores_the_refresh_token_in_a_private_f
     assert stat.S_IMODE(os.stat(store.dir).st_mode) == 0o700
     printed = "".join(lines) + out + err
     assert "rt-" not in printed and "at-" not in printed  # no token is ever shown
-    assert "verify?code=" + user_code in printed, printed  # verification_uri_complete
+    assert "verify?code=" + shown in printed, printed  # verification_uri_complete
 
 
 @pytest.mark.parametrize("server, said", [({"denying": True}, "the sign-in was refused (access_denied"),
@@ -192,7 +166,7 @@ def test_oauth_login_with_a_browser_takes_the_redirect_or_a_pasted_address(make_
     else:  # the page did not load where the browser runs: its address is pasted
         login.stdin.write(location + "\n")
         login.stdin.flush()
-    out, err = _finish(login)
+    out, err = finish(login)
     assert login.returncode == 0, err
     store = TokenStore(config_module.load(path).state_dir, "relay")
     assert store.read().refresh_token == auth.refresh_token_of(SENDER)
@@ -234,22 +208,3 @@ def test_oauth_login_of_an_unknown_account_is_a_one_line_error(cli):
     assert code == 1 and "no OAuth2 account 'nosuch'" in err
 
 
-def _login_process(path, name: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mailgate", "--config", str(path), "oauth", "login", name],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _finish(login: subprocess.Popen) -> tuple[str, str]:
-    """The rest of what the CLI prints, once it exits. (communicate() would read past the lines
-    readline() has buffered.)"""
-    out, err = login.stdout.read(), login.stderr.read()
-    login.wait(timeout=30)
-    return out, err
-
-
-def _user_code(login: subprocess.Popen) -> str:
-    while True:
-        line = login.stdout.readline()
-        assert line, "the CLI ended before it showed a code"
-        if m := re.search(r"enter the code (\w+)", line):
-            return m.group(1)
