@@ -189,11 +189,12 @@ class AuthServer:
         return 200, self._tokens(grant)
 
     def _code_grant(self, form: dict) -> tuple[int, dict]:
-        user, challenge, redirect_uri = self.codes.pop(form.get("code", ""), ("", "", ""))
+        user, challenge, redirect_uri = self.codes.get(form.get("code", ""), ("", "", ""))
         verifier = form.get("code_verifier", "").encode()
         proof = base64.urlsafe_b64encode(hashlib.sha256(verifier).digest()).rstrip(b"=").decode()
         if not user or proof != challenge or form.get("redirect_uri") != redirect_uri:
             return 400, {"error": "invalid_grant"}
+        del self.codes[form["code"]]  # good for one grant
         grant = Grant(user, _token("rt"))
         self.grants[grant.refresh_token] = grant
         return 200, self._tokens(grant)

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -23,7 +24,7 @@ from mailgate.oauth import device, providers
 from mailgate.oauth.store import TokenStore
 from tests import world
 from tests.oauthrelay import OAuthRelaySink
-from tests.oauthserver import auth  # noqa: F401  (a fixture)
+from tests.oauthserver import CLIENT_ID, auth  # noqa: F401  (a fixture)
 from tests.oauthsupport import OPERATOR, SENDER, finish, login_process, oauth_keys, signed_in, user_code
 from tests.support import cli_json, wait_for
 
@@ -164,6 +165,7 @@ def test_oauth_login_with_a_browser_takes_the_redirect_or_a_pasted_address(make_
         with urllib.request.urlopen(location, timeout=10) as page:
             assert b"mailgate has the answer" in page.read()
     else:  # the page did not load where the browser runs: its address is pasted
+        assert _exchange_without_verifier(auth, location) == 400  # whoever sees it cannot use it
         login.stdin.write(location + "\n")
         login.stdin.flush()
     out, err = finish(login)
@@ -171,6 +173,17 @@ def test_oauth_login_with_a_browser_takes_the_redirect_or_a_pasted_address(make_
     store = TokenStore(config_module.load(path).state_dir, "relay")
     assert store.read().refresh_token == auth.refresh_token_of(SENDER)
     assert "rt-" not in out + err and "ac-" not in out + err
+
+
+def _exchange_without_verifier(auth, location: str) -> int:
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(location).query)
+    form = {"grant_type": "authorization_code", "client_id": CLIENT_ID, "code": query["code"][0],
+            "redirect_uri": location.split("?")[0], "code_verifier": "guessed"}
+    try:
+        urllib.request.urlopen(auth.url("/token"), data=urllib.parse.urlencode(form).encode(), timeout=10)
+    except urllib.error.HTTPError as e:
+        return e.code
+    return 200
 
 
 def _sign_in(url: str) -> str:
