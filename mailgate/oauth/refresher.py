@@ -53,7 +53,7 @@ class Keeper:
         self.account = account
         self.store = TokenStore(app.config.state_dir, account.name)
         self.record: TokenRecord | None = None  # as last read or written
-        self.problem: str | None = None  # REFRESH_FAILED or UNREACHABLE while it lasts
+        self.problem: str | None = None  # NO_TOKEN, REFRESH_FAILED or UNREACHABLE while it lasts
         self.failures: Counter[str] = Counter()  # refused, unavailable
         self.renewed = asyncio.Event()  # set when the account works again after a problem
         self._troubled = asyncio.Event()  # set when a problem starts: the schedule watches from then on
@@ -111,7 +111,7 @@ class Keeper:
     async def _exchange(self, record: TokenRecord) -> str:
         """The refresh grant (RFC 6749 §6); the new tokens are stored before they are used."""
         form = self.account.form(grant_type="refresh_token", refresh_token=record.refresh_token)
-        if self.account.provider != "google":  # Google keeps the granted scope and wants none
+        if self.account.scope and self.account.provider != "google":  # Google keeps the granted scope
             form["scope"] = self.account.scope
         try:
             tokens = await endpoint.token(self.account.token_url, form)
