@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from mailgate.errors import Transient, first_line
+
 TIMEOUT = aiohttp.ClientTimeout(total=30)
 DEFAULT_EXPIRES_IN = 3600.0  # RFC 6749 §5.1 makes expires_in optional; an hour is the common lifetime
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -37,7 +39,7 @@ class TokenRefused(TokenError):
         return f"{self.error}: {self.description}" if self.description else self.error
 
 
-class ServerUnavailable(TokenError):
+class ServerUnavailable(TokenError, Transient):
     """The server could not be asked, or could not answer now."""
 
 
@@ -72,7 +74,7 @@ async def post(url: str, form: dict[str, str]) -> dict:
                 text = await response.text()
                 status = response.status
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-        raise ServerUnavailable(f"authorisation server {url}: {_describe(e)}") from None
+        raise ServerUnavailable(f"authorisation server {url}: {first_line(e, with_type=True)}") from None
     return _answer(url, status, text)
 
 
@@ -90,7 +92,3 @@ def _answer(url: str, status: int, text: str) -> dict:
         raise ServerUnavailable(f"authorisation server {url}: HTTP {status} {error or ''}".rstrip())
     raise TokenRefused(error, str(body.get("error_description") or ""))
 
-
-def _describe(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text and text[0] else type(error).__name__

@@ -25,6 +25,7 @@ import tenacity
 
 from mailgate.core.aio import wait_any, wait_seconds
 from mailgate.db import run_blocking
+from mailgate.errors import first_line
 from mailgate.oauth import alert, endpoint
 from mailgate.oauth.endpoint import ServerUnavailable, TokenError, TokenRefused
 from mailgate.oauth.providers import Account
@@ -152,7 +153,7 @@ class Keeper:
         try:
             row = await run_blocking(alert.queue, self.app, self.account, error)
         except Exception as e:  # the database is away: the next refusal tries again
-            log.error("OAuth2 %s: could not queue the mail to %s: %s", self.name, address, _first_line(e))
+            log.error("OAuth2 %s: could not queue the mail to %s: %s", self.name, address, first_line(e))
             return False
         log.info("OAuth2 %s: operator mail to %s queued (outbound id=%d)", self.name, address, row)
         return True
@@ -234,6 +235,3 @@ class Keeper:
 def _what(account: Account) -> str:
     return "fetching from this mailbox" if account.used_for == "imap" else "sending through the relay"
 
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -20,7 +20,7 @@ from mailgate.oauth.store import TokenStore
 from tests.dovecot import USERS, Dovecot, dovecot_binary
 from tests.oauthserver import auth  # noqa: F401  (a fixture)
 from tests.support import add_customer, cli_json, make_message, wait_for
-from tests.test_imap import connected, healthz, log_lines, state, summaries
+from tests.system.test_imap import connected, healthz, log_lines, state, summaries
 from tests.oauthsupport import OPERATOR, finish, login_process, oauth_keys, signed_in, user_code
 
 pytestmark = pytest.mark.slow
