@@ -18,7 +18,6 @@ MICROSOFT_SCOPES = {
     "imap": "https://outlook.office.com/IMAP.AccessAsUser.All offline_access",
     "smtp": "https://outlook.office.com/SMTP.Send offline_access",
 }
-GOOGLE_DEVICE_URL = "https://oauth2.googleapis.com/device/code"
 GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
 # Google's device grant refuses the mail scope (invalid_scope): a browser sign-in instead.
 GOOGLE_AUTHORIZE_URL = "https://accounts.google.com/o/oauth2/v2/auth"
@@ -61,7 +60,7 @@ def _endpoints(settings: OAuthSettings, used_for: str) -> tuple[str, str, str, s
         base = MICROSOFT_LOGIN.format(tenant=settings.tenant.strip())
         return f"{base}/token", f"{base}/devicecode", "", MICROSOFT_SCOPES[used_for]
     if settings.provider == "google":
-        return GOOGLE_TOKEN_URL, GOOGLE_DEVICE_URL, GOOGLE_AUTHORIZE_URL, GOOGLE_SCOPE
+        return GOOGLE_TOKEN_URL, "", GOOGLE_AUTHORIZE_URL, GOOGLE_SCOPE
     return settings.token_url, settings.device_url, settings.authorize_url, ""
 
 

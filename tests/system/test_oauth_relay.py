@@ -10,6 +10,7 @@ import re
 import stat
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -118,6 +119,29 @@ def test_a_revoked_relay_token_stops_sending_mails_the_operator_once_and_a_new_l
     assert (code, out.strip()) == (0, "sent 5, deferred 0, failed 0"), err  # the operator's mail too
     assert {r.rcpt_tos[0] for r in sink.received} >= {OPERATOR}
     app.db.dispose()
+
+
+def test_processes_sharing_the_state_directory_refresh_once_and_never_reuse_a_rotated_token(make_config, auth,
+                                                                                          oauth_sink):
+    """Four at once need a token (each its own App and Keeper, as four processes would have):
+    the lock and the second read make one refresh; without them three would present a refresh
+    token the server has rotated away (the test server refuses those)."""
+    path = relay_config(make_config, auth, oauth_sink())
+    signed_in(path, auth)  # a refresh token only: everybody needs a refresh
+    start, tokens = threading.Barrier(4), []
+
+    def one() -> None:
+        app = App(config_module.load(path))
+        start.wait()
+        tokens.append(asyncio.run(app.oauth.relay.token()))
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert (auth.counts["refresh"], auth.counts["refused"]) == (1, 0)
+    assert len(tokens) == 4 and len(set(tokens)) == 1
 
 
 def test_oauth_login_prints_the_code_and_stores_the_refresh_token_in_a_private_file(make_config, auth, oauth_sink):

@@ -78,6 +78,7 @@ def test_the_providers_endpoints_and_default_scopes():
     assert box.scope == "https://outlook.office.com/IMAP.AccessAsUser.All offline_access"
     assert (relay.name, relay.token_url, relay.scope) == (
         "relay", "https://oauth2.googleapis.com/token", "https://mail.google.com/")
+    assert relay.authorize_url == "https://accounts.google.com/o/oauth2/v2/auth"  # a browser sign-in
     smtp = config.from_dict({"outbound": {**RELAY, "relay_oauth_provider": "microsoft"}})
     assert providers.accounts(smtp)["relay"].scope == "https://outlook.office.com/SMTP.Send offline_access"
     assert providers.accounts(smtp)["relay"].device_url.startswith("https://login.microsoftonline.com/organizations/")
