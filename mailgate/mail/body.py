@@ -1,0 +1,271 @@
+"""The MIME tree → the body text and the attachments (SPEC §4.2).
+
+- text/plain parts that are not attachments are the body, all of them in order (a
+  multipart/mixed may carry text in several parts); an HTML part is converted to text and
+  kept in its place; of a multipart/alternative only one alternative gives text (plain text
+  when there is any), but the attachments of every alternative are kept;
+- every other leaf is an attachment: named as the sender named it, else after its
+  description, else `attachment-N.ext` from its type (N: its place among the attachments,
+  so the name is the same on every parse);
+- an attached message is one `.eml` attachment with the bytes it was received as, named
+  after its subject; nothing inside it is walked into;
+- a `winmail.dat` is unpacked (`tnef`).
+
+Sizes are checked before each part is decoded, from its encoded length, so no limit is
+found out only after the copies exist.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from email.message import Message
+
+from mailgate.mail import charsets, headers, htmltext, tnef
+from mailgate.mail.mime import Tree
+
+log = logging.getLogger(__name__)
+
+TNEF_TYPES = ("application/ms-tnef", "application/vnd.ms-tnef")
+_TEXT_BODY = ("text/plain", "text/html")
+_ATTACHED_MESSAGES = ("message/rfc822", "message/global")
+
+
+class BodyLimit(Exception):
+    """The parts would decode to more than a message may hold."""
+
+
+@dataclass
+class Attachment:
+    filename: str
+    content_type: str
+    data: bytes
+    inline: bool = False
+    content_id: str | None = None
+
+
+@dataclass
+class Body:
+    text: str = ""
+    attachments: list[Attachment] = field(default_factory=list)
+
+
+@dataclass
+class _Walk:
+    tree: Tree
+    max_attachments: int
+    max_decoded_bytes: int
+    hint: str | None
+    pieces: list[str] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    decoded: int = 0
+
+
+def read(tree: Tree, max_attachments: int, max_decoded_bytes: int) -> Body:
+    _count_attachments(tree.message, max_attachments)
+    walk = _Walk(tree, max_attachments, max_decoded_bytes, declared_charset(tree.message))
+    _visit(walk, tree.message, keep_text=True)
+    text = "\n\n".join(p for p in (_clean(p) for p in walk.pieces) if p.strip())
+    if not text and tree.message.is_multipart():
+        text = _clean(tree.message.preamble or "")
+    return Body(text, walk.attachments)
+
+
+def _count_attachments(msg: Message, most: int) -> None:
+    """Refuse a message with too many attachments before decoding any of them."""
+    count, stack = 0, [msg]
+    while stack:
+        part = stack.pop()
+        if part.is_multipart() and part.get_content_type() not in _ATTACHED_MESSAGES:
+            stack.extend(p for p in part.get_payload() if isinstance(p, Message))
+        elif not _is_body_text(part):
+            count += 1
+    if count > most:
+        raise BodyLimit(f"limit: {count} attachments (at most {most})")
+
+
+def declared_charset(msg: Message) -> str | None:
+    """The first charset the message declares for a text part: the best guess for raw 8-bit
+    header fields and file names, which declare none."""
+    for part in msg.walk():
+        charset = part.get_content_charset()
+        if charset and charsets.codec_of(charset) not in (None, "ascii"):
+            return charset
+        if part.get_content_type() in _ATTACHED_MESSAGES:
+            return None
+    return None
+
+
+# --- the walk ------------------------------------------------------------------------------
+
+
+def _visit(walk: _Walk, part: Message, keep_text: bool) -> None:
+    if part.get_content_type() in _ATTACHED_MESSAGES:
+        _attach(walk, part)  # its parts are the attached message's, not this message's
+    elif part.is_multipart():
+        children = [p for p in part.get_payload() if isinstance(p, Message)]
+        chosen = _alternative(children) if part.get_content_type() == "multipart/alternative" else None
+        for child in children:
+            _visit(walk, child, keep_text and (chosen is None or child is chosen))
+    elif _is_body_text(part):
+        if keep_text:
+            walk.pieces.append(_text(walk, part))
+    else:
+        _attach(walk, part)
+
+
+def _alternative(children: list[Message]) -> Message | None:
+    """The alternative whose text is the body: the first with plain text, else the last."""
+    for child in children:
+        if any(p.get_content_type() == "text/plain" and _is_body_text(p) and _has_text(p) for p in child.walk()):
+            return child
+    return children[-1] if children else None
+
+
+def _is_body_text(part: Message) -> bool:
+    kind = part.get_content_type()
+    if part.get_content_maintype() == "multipart":  # a boundary that never appears: kept as text
+        return True
+    return kind in _TEXT_BODY and part.get_content_disposition() != "attachment" and not part.get_filename()
+
+
+def _has_text(part: Message) -> bool:
+    payload = part.get_payload()
+    return isinstance(payload, str) and bool(payload.strip())
+
+
+def _text(walk: _Walk, part: Message) -> str:
+    text = charsets.decode(_decoded(walk, part), part.get_content_charset())
+    return htmltext.to_text(text) if part.get_content_subtype() == "html" else text
+
+
+def _decoded(walk: _Walk, part: Message) -> bytes:
+    """PART's payload, transfer-decoded, once the budget allows what it will decode to."""
+    payload = part.get_payload()
+    encoded = len(payload) if isinstance(payload, str) else 0
+    walk.decoded += encoded
+    if walk.decoded > walk.max_decoded_bytes:
+        raise BodyLimit(f"limit: more than {walk.max_decoded_bytes} bytes of attachments")
+    try:
+        return part.get_payload(decode=True) or b""
+    except Exception:  # a transfer encoding the email package cannot undo: the raw text
+        return str(payload).encode("ascii", "surrogateescape")
+
+
+# --- attachments ---------------------------------------------------------------------------
+
+
+def _attach(walk: _Walk, part: Message) -> None:
+    kind = part.get_content_type()
+    if kind in _ATTACHED_MESSAGES:
+        data = walk.tree.original(part) or b""
+        _budget(walk, len(data))
+        name = _given_name(part, walk.hint) or _subject_name(part, walk.hint)
+        _add(walk, part, data, name or None, ".eml")
+        return
+    data = _decoded(walk, part)
+    name = _given_name(part, walk.hint)
+    if kind in TNEF_TYPES or (name or "").lower() == "winmail.dat":
+        files = _tnef_files(data)
+        if files is not None:
+            for file_name, content in files:
+                _add_file(walk, file_name, content)
+            return
+    _add(walk, part, data, name, _extension(kind))
+
+
+def _budget(walk: _Walk, size: int) -> None:
+    walk.decoded += size
+    if walk.decoded > walk.max_decoded_bytes:
+        raise BodyLimit(f"limit: more than {walk.max_decoded_bytes} bytes of attachments")
+
+
+def _add(walk: _Walk, part: Message, data: bytes, name: str | None, extension: str) -> None:
+    content_id = headers.one_line(str(part.get("Content-ID", "") or "")).strip("<>").strip() or None
+    disposition = part.get_content_disposition()
+    _append(walk, Attachment(
+        filename=name or _generated_name(walk, part, extension),
+        content_type=part.get_content_type()[:255],
+        data=data,
+        inline=disposition == "inline" or (content_id is not None and disposition is None),
+        content_id=content_id[:255] if content_id else None,
+    ))
+
+
+def _add_file(walk: _Walk, name: str, data: bytes) -> None:
+    kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    _append(walk, Attachment(filename=display_name(name), content_type=kind, data=data))
+
+
+def _append(walk: _Walk, attachment: Attachment) -> None:
+    if len(walk.attachments) >= walk.max_attachments:
+        raise BodyLimit(f"limit: more than {walk.max_attachments} attachments")
+    walk.attachments.append(attachment)
+
+
+def _tnef_files(data: bytes) -> list[tuple[str, bytes]] | None:
+    """The files in a winmail.dat; None (keep it as it is) when it holds none or is broken."""
+    try:
+        return tnef.unpack(data) or None
+    except Exception:  # tnef.InvalidTnef and whatever tnefparse raises on broken data
+        log.warning("winmail.dat could not be decoded; kept as it is")
+        return None
+
+
+# --- names ---------------------------------------------------------------------------------
+
+
+def _given_name(part: Message, hint: str | None) -> str:
+    """The file name the sender gave (filename or name parameter), decoded; "" when none."""
+    for param, header in (("filename", "content-disposition"), ("name", "content-type")):
+        value = part.get_param(param, header=header)
+        if value:
+            return display_name(_param_text(value, hint))
+    return ""
+
+
+def _param_text(value, hint: str | None) -> str:
+    if isinstance(value, tuple):  # RFC 2231: (charset, language, %-decoded text)
+        charset, _, text = value
+        return charsets.decode_header_bytes(text.encode("latin-1", "surrogateescape"), charset or hint)
+    return headers.decode(str(value).strip('"'), hint)
+
+
+def _subject_name(part: Message, hint: str | None) -> str:
+    inner = part.get_payload()
+    message = inner[0] if isinstance(inner, list) and inner else None
+    subject = headers.raw_values(message, "Subject") if isinstance(message, Message) else []
+    return display_name(headers.decode(subject[0], hint) + ".eml") if subject and subject[0].strip() else ""
+
+
+def _generated_name(walk: _Walk, part: Message, extension: str) -> str:
+    """A name for a part the sender did not name: its description, else its place and type."""
+    description = headers.decode(str(part.get("Content-Description", "") or ""), walk.hint)
+    if description and len(description) <= 100:
+        return display_name(description if re.search(r"\.\w{1,5}$", description) else description + extension)
+    return f"attachment-{len(walk.attachments) + 1}{extension}"
+
+
+def _extension(kind: str) -> str:
+    known = {"image/jpeg": ".jpg", "image/jpg": ".jpg", "text/plain": ".txt", "video/quicktime": ".mov",
+             "message/delivery-status": ".txt", "text/rfc822-headers": ".txt", "application/octet-stream": ".bin"}
+    if kind in known:
+        return known[kind]
+    return mimetypes.guess_extension(kind) or (".txt" if kind.startswith(("text/", "message/")) else ".bin")
+
+
+def display_name(name: str) -> str:
+    """The sender's file name, for display only (content is stored under its sha256):
+    control characters removed, NFC, at most 255 characters."""
+    text = unicodedata.normalize("NFC", headers.one_line(name))
+    text = "".join(c for c in text if unicodedata.category(c) != "Cc")
+    return text[:255] or "attachment"
+
+
+def _clean(text: str) -> str:
+    # Trailing blanks stay: "-- " is the signature separator (RFC 3676).
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+    return text.strip("\n")

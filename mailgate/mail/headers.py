@@ -1,0 +1,155 @@
+"""Header fields → text: subjects, display names, addresses and file names decoded the way
+mail from the wild needs (SPEC §4.2), and the Message-ID read off raw bytes that may not
+parse at all.
+
+Encoded words (RFC 2047) are decoded with the widened charsets of `charsets`, adjacent words
+of one charset joined first (mailers split multi-byte characters across words); raw 8-bit
+bytes without any encoding are decoded like undeclared body text, with the charset the
+message declares elsewhere as the first guess. Every pattern is bounded in what it matches,
+and nested comments are flattened before the address parser sees them (it recurses into
+each level: `((((…))))` three thousand deep raised RecursionError).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import re
+from email.message import Message
+
+from mailgate.mail import charsets, refs
+
+_ENCODED_WORD = re.compile(rb"=\?([^?\s]{1,64})\?([bBqQ])\?([^?\s]{0,2000})\?=")
+_GAP = re.compile(rb"[ \t\r\n]*")
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+MAX_ID_SCAN = 256 * 1024  # how much of a raw message `message_id_of` reads at most
+
+
+def raw_values(msg: Message, name: str) -> list[str]:
+    """A header's values as received (8-bit bytes as surrogate escapes)."""
+    return [str(v) for k, v in msg.raw_items() if k.lower() == name.lower()]
+
+
+def decode(value: str, hint: str | None = None) -> str:
+    """A header value (as `raw_values` gives it) as one line of text."""
+    data = _as_bytes(_unfolded(value))
+    pieces, position = [], 0
+    for run_start, run_end, charset, payload in _encoded_runs(data):
+        pieces.append(_plain(data[position:run_start], hint))
+        pieces.append(charsets.decode_header_bytes(payload, charset))
+        position = run_end
+    pieces.append(_plain(data[position:], hint))
+    return one_line("".join(pieces))
+
+
+def one_line(text: str) -> str:
+    """Folded or malicious headers may carry CR/LF or NULs; a header is one line of text."""
+    return " ".join(text.replace("\x00", " ").split())
+
+
+def first_address(values: list[str], hint: str | None = None) -> tuple[str, str | None]:
+    """(display name, lower-case address) of the first address in VALUES."""
+    for name, address in _pairs(values):
+        if "@" in address:
+            return decode(name, hint), address.strip().lower()
+    return "", None
+
+
+def addresses(values: list[str]) -> list[str]:
+    return [address.strip().lower() for _, address in _pairs(values) if "@" in address]
+
+
+def message_id_of(raw: bytes) -> str | None:
+    """The Message-ID of RAW from a plain scan of its header block, for a message that may
+    not parse at all; None when there is none. Never raises."""
+    try:
+        head = raw[:MAX_ID_SCAN].replace(b"\r\n", b"\n")
+        head = head.split(b"\n\n", 1)[0].replace(b"\n ", b" ").replace(b"\n\t", b" ")
+        for line in head.split(b"\n"):
+            name, colon, value = line.partition(b":")
+            if colon and name.strip().lower() == b"message-id":
+                ids = refs.message_ids(value.decode("ascii", "replace"))
+                return ids[0][:998] if ids else None
+    except Exception:  # the point of this function is to answer for bytes nothing else reads
+        return None
+    return None
+
+
+def _as_bytes(value: str) -> bytes:
+    """The bytes a header value was received as (8-bit bytes come as surrogate escapes)."""
+    try:
+        return value.encode("ascii", "surrogateescape")
+    except UnicodeEncodeError:  # text that was already decoded somewhere
+        return value.encode("utf-8", "surrogateescape")
+
+
+def _unfolded(value: str) -> str:
+    return value.replace("\r", "").replace("\n", "")
+
+
+def _encoded_runs(data: bytes):
+    """(start, end, charset, decoded bytes) of each run of encoded words of one charset that
+    only white space separates (RFC 2047 §6.2: that space is not part of the text)."""
+    run = None
+    for match in _ENCODED_WORD.finditer(data):
+        charset = match.group(1).split(b"*", 1)[0].decode("ascii", "replace")  # RFC 2231 language
+        payload = _word_bytes(match.group(2), match.group(3))
+        joined = run is not None and run[2] == charset and _GAP.fullmatch(data, run[1], match.start())
+        if joined:
+            run = (run[0], match.end(), charset, run[3] + payload)
+            continue
+        if run is not None:
+            yield run
+        run = (match.start(), match.end(), charset, payload)
+    if run is not None:
+        yield run
+
+
+def _word_bytes(encoding: bytes, text: bytes) -> bytes:
+    if encoding in b"bB":
+        clean = re.sub(rb"[^A-Za-z0-9+/]", b"", text)
+        clean = clean[: len(clean) - (len(clean) % 4 == 1)]
+        try:
+            return base64.b64decode(clean + b"=" * (-len(clean) % 4))
+        except (binascii.Error, ValueError):
+            return text
+    return _QP_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), text.replace(b"_", b" "))
+
+
+def _plain(data: bytes, hint: str | None) -> str:
+    """Text between encoded words: ASCII, or raw 8-bit bytes in whatever charset the sender's
+    software used (the message's declared charset first)."""
+    if data.isascii():
+        return data.decode("ascii")
+    return charsets.decode_header_bytes(data, hint)
+
+
+def _pairs(values: list[str]) -> list[tuple[str, str]]:
+    """(name, address) pairs of address headers, nested comments flattened first; the names
+    still encoded (they are decoded by `decode`, with the hint)."""
+    return email.utils.getaddresses([_flat_comments(str(v)) for v in values])
+
+
+def _flat_comments(value: str) -> str:
+    """VALUE with comments nested inside comments removed (the outer comment may be a display
+    name: "a@example.com (Alice)"); quoted strings left alone. Linear."""
+    out, depth, quoted, escaped = [], 0, False, False
+    for char in value:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"' and depth == 0:
+            quoted = not quoted
+        elif char == "(" and not quoted:
+            depth += 1
+            if depth > 1:
+                continue
+        elif char == ")" and not quoted and depth > 0:
+            depth -= 1
+            if depth > 0:
+                continue
+        if depth <= 1:
+            out.append(char)
+    return "".join(out) + ")" * (depth > 0)

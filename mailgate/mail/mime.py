@@ -1,0 +1,182 @@
+"""Raw bytes → the MIME tree, in time linear in the size and with depth and parts counted
+while splitting, before any part is copied.
+
+The tree is the one the standard library's parser builds (compat32 `Message` objects: the
+rest of mailgate, bounce matching included, reads it as before), but the splitting is ours:
+the standard parser checks every line against every open boundary, so a mail of nested
+multiparts costs size × depth in Python (a 650 KB mail nested 300 deep took 3.6 s), and it
+re-serialises attached messages instead of keeping their bytes. Here each multipart body is
+cut at its own boundary lines with `bytes.find`, headers are parsed per part by the standard
+header parser, and the bytes of every attached message are kept exactly as received.
+"""
+
+from __future__ import annotations
+
+import binascii
+import email.policy
+import quopri
+import re
+from dataclasses import dataclass, field
+from email.message import Message
+from email.parser import BytesHeaderParser
+
+
+class StructureLimit(Exception):
+    """The MIME structure is deeper or has more parts than a message may have."""
+
+
+@dataclass(frozen=True)
+class StructureLimits:
+    max_depth: int = 30
+    max_parts: int = 2000
+
+
+@dataclass
+class Tree:
+    message: Message
+    # id() of each message/rfc822 part → the attached message's bytes, as received
+    originals: dict[int, bytes] = field(default_factory=dict)
+
+    def original(self, part: Message) -> bytes | None:
+        return self.originals.get(id(part))
+
+
+# A header line as the standard parser sees one (email.feedparser.headerRE).
+_HEADER_LINE = re.compile(rb"(From |[\041-\071\073-\176]*:|[\t ])")
+_ATTACHED_MESSAGES = ("message/rfc822", "message/global")
+
+
+def parse(raw: bytes, limits: StructureLimits = StructureLimits()) -> Tree:
+    tree = Tree(Message())
+    builder = _Builder(raw, limits, tree)
+    tree.message = builder.entity(0, len(raw), depth=0)
+    return tree
+
+
+class _Builder:
+    def __init__(self, raw: bytes, limits: StructureLimits, tree: Tree):
+        self.raw, self.limits, self.tree, self.parts = raw, limits, tree, 0
+
+    def entity(self, start: int, end: int, depth: int, data: bytes | None = None) -> Message:
+        """The entity in DATA[START:END] (DATA: the raw message unless given)."""
+        data = self.raw if data is None else data
+        self._count(depth)
+        unixfrom = None
+        if depth == 0 and data.startswith(b"From ", start):  # an mbox separator line
+            unixfrom, start = _line(data, start, end)
+        head_end, body_start = _header_end(data, start, end)
+        msg = BytesHeaderParser(policy=email.policy.compat32).parsebytes(data[start:head_end])
+        if unixfrom is not None:
+            msg.set_unixfrom(data[unixfrom[0]:unixfrom[1]].decode("ascii", "surrogateescape").rstrip("\r\n"))
+        kind = msg.get_content_type()
+        boundary = msg.get_boundary() if msg.get_content_maintype() == "multipart" else None
+        if boundary and self._multipart(msg, data, body_start, end, boundary, depth):
+            return msg
+        if kind in _ATTACHED_MESSAGES:
+            self._attached(msg, data, body_start, end, depth)
+            return msg
+        msg.set_payload(_text(data, body_start, end))
+        return msg
+
+    def _count(self, depth: int) -> None:
+        self.parts += 1
+        if depth > self.limits.max_depth:
+            raise StructureLimit(f"limit: MIME parts nested more than {self.limits.max_depth} deep")
+        if self.parts > self.limits.max_parts:
+            raise StructureLimit(f"limit: more than {self.limits.max_parts} MIME parts")
+
+    def _multipart(self, msg: Message, data: bytes, start: int, end: int, boundary: str, depth: int) -> bool:
+        """Split a multipart body at its boundary; False when the boundary never appears
+        (then the body is kept as text, as the standard parser does)."""
+        marker = b"--" + boundary.encode("ascii", "surrogateescape")
+        delimiters = list(_delimiters(data, marker, start, end))
+        if not delimiters:
+            return False
+        msg.preamble = _text(data, start, _before_newline(data, start, delimiters[0][0])) or None
+        parts = []
+        for (_, part_start, close), following in zip(delimiters, [*delimiters[1:], None]):
+            if close:
+                msg.epilogue = _text(data, part_start, end) or None
+                break
+            part_end = _before_newline(data, part_start, following[0]) if following else end
+            parts.append(self.entity(part_start, part_end, depth + 1, data))
+        msg.set_payload(parts)
+        return True
+
+    def _attached(self, msg: Message, data: bytes, start: int, end: int, depth: int) -> None:
+        """An attached message: its bytes kept as received (decoded if a mailer encoded it,
+        which RFC 2046 forbids but happens), its headers and parts parsed for the readers
+        of the tree (bounce matching reads the Message-ID inside)."""
+        original = _transfer_decoded(msg, data[start:end])
+        self.tree.originals[id(msg)] = original
+        msg.set_payload([self.entity(0, len(original), depth + 1, original)])
+
+
+def _line(data: bytes, start: int, end: int) -> tuple[tuple[int, int], int]:
+    """(the line at START without its end, where the next line starts)."""
+    newline = data.find(b"\n", start, end)
+    stop = end if newline < 0 else newline + 1
+    return (start, stop), stop
+
+
+def _header_end(data: bytes, start: int, end: int) -> tuple[int, int]:
+    """(end of the header block, start of the body): the body follows the first blank
+    line, or starts at the first line that is not a header (as the standard parser has it)."""
+    position = start
+    while position < end:
+        (line_start, line_end), following = _line(data, position, end)
+        line = data[line_start:min(line_end, line_start + 2)]
+        if line in (b"\n", b"\r\n") or data[line_start:line_end] == b"\r":
+            return position, following
+        if not _HEADER_LINE.match(data, line_start, line_end):
+            return position, position
+        position = following
+    return end, end
+
+
+def _delimiters(data: bytes, marker: bytes, start: int, end: int):
+    """(line start, next line start, is the close delimiter) of each delimiter line."""
+    position = start
+    while True:
+        found = data.find(marker, position, end)
+        if found < 0:
+            return
+        position = found + 1
+        if found != start and data[found - 1] != 0x0A:
+            continue  # not at the start of a line
+        after = found + len(marker)
+        close = data.startswith(b"--", after)
+        (_, line_end), following = _line(data, after + 2 * close, end)
+        if not close and data[after:line_end].strip():
+            continue  # a longer boundary that begins with ours
+        yield found, following, close
+        if close:
+            return
+        position = following
+
+
+def _before_newline(data: bytes, start: int, delimiter: int) -> int:
+    """Where a part ends: the line end before its delimiter belongs to the delimiter."""
+    stop = delimiter
+    if stop > start and data[stop - 1] == 0x0A:
+        stop -= 1
+        if stop > start and data[stop - 1] == 0x0D:
+            stop -= 1
+    return stop
+
+
+def _text(data: bytes, start: int, end: int) -> str:
+    """A body as the standard parser keeps it: bytes as text, 8-bit bytes as surrogate escapes."""
+    return data[start:end].decode("ascii", "surrogateescape")
+
+
+def _transfer_decoded(msg: Message, body: bytes) -> bytes:
+    encoding = str(msg.get("Content-Transfer-Encoding", "") or "").strip().lower()
+    try:
+        if encoding == "base64":
+            return binascii.a2b_base64(body)
+        if encoding == "quoted-printable":
+            return quopri.decodestring(body)
+    except (binascii.Error, ValueError):
+        pass
+    return body
