@@ -157,3 +157,14 @@ def _world(config_path: Path, seed_tickets: bool):
     world.build(app, seed_tickets=seed_tickets)
     yield app
     app.db.dispose()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """The real-world corpus scores per kind of mail (tests/test_realworld.py), when it ran."""
+    from tests.test_realworld import report_lines
+
+    lines = report_lines(config)
+    if lines:
+        terminalreporter.section("real-world mail: scores per kind")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 TNEF_TYPES = ("application/ms-tnef", "application/vnd.ms-tnef")
 _TEXT_BODY = ("text/plain", "text/html")
 _ATTACHED_MESSAGES = ("message/rfc822", "message/global")
+_FILE_NAME = re.compile(r"[^.\s]\.[A-Za-z0-9]{1,5}$")
 
 
 class BodyLimit(Exception):
@@ -45,6 +46,7 @@ class Attachment:
     data: bytes
     inline: bool = False
     content_id: str | None = None
+    name_given: bool = True  # False: the sender gave no name, it was made up here
 
 
 @dataclass
@@ -68,10 +70,8 @@ def read(tree: Tree, max_attachments: int, max_decoded_bytes: int) -> Body:
     _count_attachments(tree.message, max_attachments)
     walk = _Walk(tree, max_attachments, max_decoded_bytes, declared_charset(tree.message))
     _visit(walk, tree.message, keep_text=True)
-    text = "\n\n".join(p for p in (_clean(p) for p in walk.pieces) if p.strip())
-    if not text and tree.message.is_multipart():
-        text = _clean(tree.message.preamble or "")
-    return Body(text, walk.attachments)
+    # A multipart's preamble is a notice for readers that know no MIME, never the body.
+    return Body("\n\n".join(p for p in (_clean(p) for p in walk.pieces) if p.strip()), walk.attachments)
 
 
 def _count_attachments(msg: Message, most: int) -> None:
@@ -107,7 +107,7 @@ def _visit(walk: _Walk, part: Message, keep_text: bool) -> None:
         _attach(walk, part)  # its parts are the attached message's, not this message's
     elif part.is_multipart():
         children = [p for p in part.get_payload() if isinstance(p, Message)]
-        chosen = _alternative(children) if part.get_content_type() == "multipart/alternative" else None
+        chosen = _alternative(walk, children) if part.get_content_type() == "multipart/alternative" else None
         for child in children:
             _visit(walk, child, keep_text and (chosen is None or child is chosen))
     elif _is_body_text(part):
@@ -117,12 +117,28 @@ def _visit(walk: _Walk, part: Message, keep_text: bool) -> None:
         _attach(walk, part)
 
 
-def _alternative(children: list[Message]) -> Message | None:
-    """The alternative whose text is the body: the first with plain text, else the last."""
-    for child in children:
-        if any(p.get_content_type() == "text/plain" and _is_body_text(p) and _has_text(p) for p in child.walk()):
-            return child
-    return children[-1] if children else None
+def _alternative(walk: _Walk, children: list[Message]) -> Message | None:
+    """The alternative whose text is the body: plain text where it is the whole story, else
+    the richest one (the last with text). A plain alternative that says far less than the
+    HTML one ("read this newsletter online") or other words is not the whole story."""
+    with_text = [c for c in children if any(_is_body_text(p) and _has_text(p) for p in c.walk())]
+    plain = next((c for c in with_text if any(p.get_content_type() == "text/plain" and _is_body_text(p)
+                                              and _has_text(p) for p in c.walk())), None)
+    richest = with_text[-1] if with_text else (children[-1] if children else None)
+    if plain is None or plain is richest or not _says_far_less(walk, plain, richest):
+        return plain or richest
+    return richest
+
+
+def _says_far_less(walk: _Walk, plain: Message, rich: Message) -> bool:
+    """Whether the plain alternative tells less than the rich one: far shorter, or opening
+    with words the rich one does not have (a stale or templated plain part)."""
+    def squeezed(alternative: Message) -> str:
+        texts = (_text(walk, p) for p in alternative.walk() if _is_body_text(p) and _has_text(p))
+        return "".join("".join(texts).split())
+
+    plain_text, rich_text = squeezed(plain), squeezed(rich)
+    return 3 * len(plain_text) + 200 < len(rich_text) or plain_text[:60] not in rich_text
 
 
 def _is_body_text(part: Message) -> bool:
@@ -187,11 +203,12 @@ def _add(walk: _Walk, part: Message, data: bytes, name: str | None, extension: s
     content_id = headers.one_line(str(part.get("Content-ID", "") or "")).strip("<>").strip() or None
     disposition = part.get_content_disposition()
     _append(walk, Attachment(
-        filename=name or _generated_name(walk, part, extension),
+        filename=name or _generated_name(walk, part, extension, content_id),
         content_type=part.get_content_type()[:255],
         data=data,
         inline=disposition == "inline" or (content_id is not None and disposition is None),
         content_id=content_id[:255] if content_id else None,
+        name_given=bool(name),
     ))
 
 
@@ -220,10 +237,11 @@ def _tnef_files(data: bytes) -> list[tuple[str, bytes]] | None:
 
 def _given_name(part: Message, hint: str | None) -> str:
     """The file name the sender gave (filename or name parameter), decoded; "" when none."""
-    for param, header in (("filename", "content-disposition"), ("name", "content-type")):
-        value = part.get_param(param, header=header)
-        if value:
-            return display_name(_param_text(value, hint))
+    for param, header in (("filename", "Content-Disposition"), ("name", "Content-Type")):
+        value = headers.params(part, header).get(param)
+        text = _param_text(value, hint) if value else ""
+        if text.strip():
+            return display_name(text)
     return ""
 
 
@@ -231,7 +249,7 @@ def _param_text(value, hint: str | None) -> str:
     if isinstance(value, tuple):  # RFC 2231: (charset, language, %-decoded text)
         charset, _, text = value
         return charsets.decode_header_bytes(text.encode("latin-1", "surrogateescape"), charset or hint)
-    return headers.decode(str(value).strip('"'), hint)
+    return headers.decode(value, hint, fold=False)
 
 
 def _subject_name(part: Message, hint: str | None) -> str:
@@ -241,11 +259,16 @@ def _subject_name(part: Message, hint: str | None) -> str:
     return display_name(headers.decode(subject[0], hint) + ".eml") if subject and subject[0].strip() else ""
 
 
-def _generated_name(walk: _Walk, part: Message, extension: str) -> str:
-    """A name for a part the sender did not name: its description, else its place and type."""
-    description = headers.decode(str(part.get("Content-Description", "") or ""), walk.hint)
+def _generated_name(walk: _Walk, part: Message, extension: str, content_id: str | None) -> str:
+    """A name for a part the sender did not name: its description, else a file name its
+    Content-ID carries ("image001.png@01D…", as Outlook writes it), else its place and type."""
+    described = headers.raw_values(part, "Content-Description")
+    description = headers.decode(described[0], walk.hint) if described else ""
     if description and len(description) <= 100:
-        return display_name(description if re.search(r"\.\w{1,5}$", description) else description + extension)
+        return display_name(description if _FILE_NAME.search(description) else description + extension)
+    local = (content_id or "").split("@", 1)[0]
+    if _FILE_NAME.search(local):
+        return display_name(local)
     return f"attachment-{len(walk.attachments) + 1}{extension}"
 
 
@@ -260,7 +283,7 @@ def _extension(kind: str) -> str:
 def display_name(name: str) -> str:
     """The sender's file name, for display only (content is stored under its sha256):
     control characters removed, NFC, at most 255 characters."""
-    text = unicodedata.normalize("NFC", headers.one_line(name))
+    text = unicodedata.normalize("NFC", name).strip()
     text = "".join(c for c in text if unicodedata.category(c) != "Cc")
     return text[:255] or "attachment"
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import codecs
 import logging
+import re
 import unicodedata
 
 import charset_normalizer
+from charset_normalizer.md import mess_ratio
 
 from mailgate.mail import jis
 
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 
 # Detection reads at most this much: its cost grows with the input, its accuracy does not.
 DETECTION_SAMPLE = 32 * 1024
+MESS_SAMPLE = 8 * 1024  # characters judged for mojibake
 
 # Declarations that name a subset of what the sender's software really wrote.
 _WIDER = {
@@ -52,8 +55,8 @@ def decode(data: bytes, declared: str | None = None) -> str:
     codec = codec_of(name)
     if data.isascii() and codec != "utf-7":
         return data.decode("ascii")
-    if codec is not None and _is_single_byte(codec) and _is_utf8(data):
-        return data.decode("utf-8")  # a single-byte declaration decodes anything; UTF-8 does not
+    if codec is not None and _is_single_byte(codec):
+        return _single_byte(data, codec)
     for candidate in (codec, "utf-8"):
         if candidate is not None:
             try:
@@ -61,6 +64,23 @@ def decode(data: bytes, declared: str | None = None) -> str:
             except (UnicodeDecodeError, LookupError):
                 continue
     return data.decode(detect(data) or codec or "cp1252", "replace")
+
+
+def _single_byte(data: bytes, codec: str) -> str:
+    """A single-byte declaration decodes any bytes, so it is believed only when the text it
+    gives reads like text: valid UTF-8 is UTF-8, and mojibake ("×ª·¢£º" for GBK read as
+    Latin-1) yields to what detection finds."""
+    if _is_utf8(data):
+        return data.decode("utf-8")
+    text = data.decode(codec, "replace")
+    declared_mess = mess_ratio(text[:MESS_SAMPLE], 1.0)
+    if declared_mess < 0.5:
+        return text
+    detected = detect(data)
+    if detected in (None, codec):
+        return text
+    other = data.decode(detected, "replace")
+    return other if mess_ratio(other[:MESS_SAMPLE], 1.0) < declared_mess / 3 else text
 
 
 def codec_of(declared: str | None) -> str | None:
@@ -82,8 +102,9 @@ def detect(data: bytes) -> str | None:
     On a short text (a file name, a subject) several charsets decode it equally cleanly;
     then the one more mail is written in wins (`_LIKELY`, most likely first).
     """
+    sample = data[:DETECTION_SAMPLE]
     try:
-        matches = list(charset_normalizer.from_bytes(data[:DETECTION_SAMPLE], cp_isolation=list(_LIKELY)))
+        matches = list(charset_normalizer.from_bytes(sample, cp_isolation=_candidates(sample)))
     except Exception:  # detection is a guess; a failing guess is no guess
         log.debug("charset detection failed", exc_info=True)
         return None
@@ -92,6 +113,24 @@ def detect(data: bytes) -> str | None:
     least = min(m.chaos for m in matches)
     tied = {name for m in matches if m.chaos <= least + 0.01 for name in m.could_be_from_charset}
     return codec_of(min(tied, key=lambda name: _LIKELY.get(name, len(_LIKELY))))
+
+
+def _candidates(sample: bytes) -> list[str]:
+    """The charsets worth trying on SAMPLE. Latin-script text in a single-byte charset has
+    its 8-bit bytes alone between ASCII letters ("Gr\xfc\xdfe"); CJK double-byte text and
+    Cyrillic or Greek words have them in runs. On a short sample that tells more than
+    detection, which finds every charset equally clean there."""
+    runs = [len(run) for run in _HIGH_RUNS.findall(sample)]
+    alone = sum(1 for n in runs if n == 1) / len(runs) if runs else 1.0
+    if alone >= 0.9:
+        return [name for name in _LIKELY if name in _LATIN or name == "utf_8"]
+    if alone < 0.5:
+        return [name for name in _LIKELY if name not in _LATIN]
+    return list(_LIKELY)
+
+
+_HIGH_RUNS = re.compile(rb"[\x80-\xff]+")
+_LATIN = {"cp1252", "cp1250", "iso8859_2", "cp1254", "cp1257", "cp1258", "mac_roman", "cp850"}
 
 
 # The charsets detection chooses from, in the order mail is most often written in them.

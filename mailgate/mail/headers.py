@@ -20,9 +20,11 @@ from email.message import Message
 
 from mailgate.mail import charsets, refs
 
-_ENCODED_WORD = re.compile(rb"=\?([^?\s]{1,64})\?([bBqQ])\?([^?\s]{0,2000})\?=")
+# Spaces inside the encoded text are not allowed, but mailers write them ("=?UTF-8?Q? Betreff?=").
+_ENCODED_WORD = re.compile(rb"=\?([^?\s]{1,64})\?([bBqQ])\?([^?]{0,2000})\?=")
 _GAP = re.compile(rb"[ \t\r\n]*")
 _QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+_LINE_BREAKS = re.compile(r"[\r\n\t]")
 MAX_ID_SCAN = 256 * 1024  # how much of a raw message `message_id_of` reads at most
 
 
@@ -31,8 +33,9 @@ def raw_values(msg: Message, name: str) -> list[str]:
     return [str(v) for k, v in msg.raw_items() if k.lower() == name.lower()]
 
 
-def decode(value: str, hint: str | None = None) -> str:
-    """A header value (as `raw_values` gives it) as one line of text."""
+def decode(value: str, hint: str | None = None, fold: bool = True) -> str:
+    """A header value (as `raw_values` gives it) as one line of text; runs of white space
+    folded into one unless FOLD is false (file names keep theirs)."""
     data = _as_bytes(_unfolded(value))
     pieces, position = [], 0
     for run_start, run_end, charset, payload in _encoded_runs(data):
@@ -40,7 +43,8 @@ def decode(value: str, hint: str | None = None) -> str:
         pieces.append(charsets.decode_header_bytes(payload, charset))
         position = run_end
     pieces.append(_plain(data[position:], hint))
-    return one_line("".join(pieces))
+    text = "".join(pieces)
+    return one_line(text) if fold else _LINE_BREAKS.sub(" ", text).strip()
 
 
 def one_line(text: str) -> str:
@@ -48,16 +52,53 @@ def one_line(text: str) -> str:
     return " ".join(text.replace("\x00", " ").split())
 
 
+def params(msg: Message, name: str) -> dict[str, str | tuple[str, str, str]]:
+    """The parameters of header NAME as received: a value is text (8-bit bytes as surrogate
+    escapes), or (charset, language, text) for RFC 2231 — read off the raw value, because
+    the email package replaces 8-bit bytes before it parses parameters."""
+    values = raw_values(msg, name)
+    if not values:
+        return {}
+    parts = _split_params(_unfolded(values[0]))
+    pairs = [(parts[0].strip(), "")]
+    pairs += [(k.strip().lower(), v.strip()) for k, _, v in (p.partition("=") for p in parts[1:]) if k.strip()]
+    try:
+        decoded = email.utils.decode_params(pairs)[1:]
+    except Exception:  # a broken continuation: the parameters as they are
+        decoded = pairs[1:]
+    return {k: (v[0], v[1], email.utils.unquote(v[2])) if isinstance(v, tuple) else email.utils.unquote(v)
+            for k, v in decoded}
+
+
+def _split_params(value: str) -> list[str]:
+    """VALUE split at the semicolons outside quoted strings. Linear."""
+    parts, current, quoted, escaped = [], [], False, False
+    for char in value:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == ";" and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
 def first_address(values: list[str], hint: str | None = None) -> tuple[str, str | None]:
     """(display name, lower-case address) of the first address in VALUES."""
-    for name, address in _pairs(values):
+    for name, address in _pairs(values, hint):
         if "@" in address:
             return decode(name, hint), address.strip().lower()
     return "", None
 
 
-def addresses(values: list[str]) -> list[str]:
-    return [address.strip().lower() for _, address in _pairs(values) if "@" in address]
+def addresses(values: list[str], hint: str | None = None) -> list[str]:
+    return [address.strip().lower() for _, address in _pairs(values, hint) if "@" in address]
 
 
 def message_id_of(raw: bytes) -> str | None:
@@ -125,10 +166,16 @@ def _plain(data: bytes, hint: str | None) -> str:
     return charsets.decode_header_bytes(data, hint)
 
 
-def _pairs(values: list[str]) -> list[tuple[str, str]]:
-    """(name, address) pairs of address headers, nested comments flattened first; the names
-    still encoded (they are decoded by `decode`, with the hint)."""
-    return email.utils.getaddresses([_flat_comments(str(v)) for v in values])
+def _pairs(values: list[str], hint: str | None) -> list[tuple[str, str]]:
+    """(name, address) pairs of address headers: raw 8-bit bytes decoded and nested comments
+    flattened first; encoded words in the names left for `decode`."""
+    return email.utils.getaddresses([_flat_comments(_eight_bit(str(v), hint)) for v in values])
+
+
+def _eight_bit(value: str, hint: str | None) -> str:
+    if not any("\udc80" <= c <= "\udcff" for c in value):
+        return value
+    return charsets.decode_header_bytes(value.encode("ascii", "surrogateescape"), hint)
 
 
 def _flat_comments(value: str) -> str:

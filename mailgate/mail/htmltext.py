@@ -29,9 +29,24 @@ _BLOCK = re.compile(
 _CELL_TAG = re.compile(r"</?t[dh]\b[^<>]{0,4000}>", re.I)
 _TAG = re.compile(r"</?[a-zA-Z!?][^<>]{0,4000}>")
 _BLANK_LINES = re.compile(r"\n{3,}")
+_TITLE = re.compile(r"<title\b[^<>]{0,1000}>([^<]{0,1000})</title", re.I)
 
 
 def to_text(markup: str) -> str:
+    """The text of MARKUP, its title first (senders put words there that show)."""
+    text = _layout(markup)
+    title = _title(markup)
+    if title and not "".join(text.split()).startswith("".join(title.split())):
+        return f"{title}\n\n{text}"
+    return text
+
+
+def _title(markup: str) -> str:
+    match = _TITLE.search(markup, 0, 64 * 1024)
+    return " ".join(html.unescape(_TAG.sub("", match.group(1))).split()) if match else ""
+
+
+def _layout(markup: str) -> str:
     if len(markup) <= MAX_LAYOUT_CHARS and len(_CELL.findall(markup, 0, MAX_LAYOUT_CHARS)) <= MAX_LAYOUT_CELLS:
         try:
             text = get_text(markup)

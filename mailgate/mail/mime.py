@@ -43,6 +43,8 @@ class Tree:
 
 # A header line as the standard parser sees one (email.feedparser.headerRE).
 _HEADER_LINE = re.compile(rb"(From |[\041-\071\073-\176]*:|[\t ])")
+_FIELD = re.compile(rb"[A-Za-z][A-Za-z0-9-]{0,75}:[ \t]")
+_FIELD_ANYWHERE = re.compile(rb"^[A-Za-z][A-Za-z0-9-]{0,75}:[ \t]", re.M)
 _ATTACHED_MESSAGES = ("message/rfc822", "message/global")
 
 
@@ -64,8 +66,8 @@ class _Builder:
         unixfrom = None
         if depth == 0 and data.startswith(b"From ", start):  # an mbox separator line
             unixfrom, start = _line(data, start, end)
-        head_end, body_start = _header_end(data, start, end)
-        msg = BytesHeaderParser(policy=email.policy.compat32).parsebytes(data[start:head_end])
+        head, body_start = _header_block(data, start, end)
+        msg = BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
         if unixfrom is not None:
             msg.set_unixfrom(data[unixfrom[0]:unixfrom[1]].decode("ascii", "surrogateescape").rstrip("\r\n"))
         kind = msg.get_content_type()
@@ -119,19 +121,37 @@ def _line(data: bytes, start: int, end: int) -> tuple[tuple[int, int], int]:
     return (start, stop), stop
 
 
-def _header_end(data: bytes, start: int, end: int) -> tuple[int, int]:
-    """(end of the header block, start of the body): the body follows the first blank
-    line, or starts at the first line that is not a header (as the standard parser has it)."""
-    position = start
+def _header_block(data: bytes, start: int, end: int) -> tuple[bytes, int]:
+    """(the header lines, where the body starts). The body follows the first blank line.
+    A line in the header block that is no header field is, as mail clients read it, the
+    fold of a parameter list when the line before ends with ";", else junk that is dropped
+    (a lost fold, a stray separator) — as long as header fields follow it before that blank
+    line; without one after it, it is the start of a body that lacks the blank line (as the
+    standard parser has it)."""
+    lines, position, checked = [], start, False
     while position < end:
         (line_start, line_end), following = _line(data, position, end)
-        line = data[line_start:min(line_end, line_start + 2)]
-        if line in (b"\n", b"\r\n") or data[line_start:line_end] == b"\r":
-            return position, following
-        if not _HEADER_LINE.match(data, line_start, line_end):
-            return position, position
+        line = data[line_start:line_end]
+        if line.strip(b"\r\n") == b"":
+            return b"".join(lines), following
+        if _HEADER_LINE.match(line):
+            lines.append(line)
+            checked = checked and not _FIELD.match(line)
+        elif checked or _field_follows(data, following, end):
+            checked = True
+            if lines and lines[-1].rstrip().endswith(b";"):
+                lines.append(b" " + line)
+        else:
+            return b"".join(lines), line_start
         position = following
-    return end, end
+    return b"".join(lines), end
+
+
+def _field_follows(data: bytes, start: int, end: int) -> bool:
+    """Whether a header field comes before the next blank line (looked for in a bounded stretch)."""
+    stop = min(end, start + 64 * 1024)
+    blank = min((i for i in (data.find(b"\n\n", start, stop), data.find(b"\n\r\n", start, stop)) if i >= 0), default=stop)
+    return _FIELD_ANYWHERE.search(data, start, blank) is not None
 
 
 def _delimiters(data: bytes, marker: bytes, start: int, end: int):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import Message
 
-from mailgate.mail import body, headers, mime, refs
+from mailgate.mail import body, charsets, headers, mime, refs
 from mailgate.mail.body import TNEF_TYPES, display_name  # noqa: F401  (kept importable)
 from mailgate.mail.headers import message_id_of  # noqa: F401  (the pipeline's raw fallback)
 
@@ -81,8 +81,8 @@ def _parse(raw: bytes, limits: Limits) -> ParsedMessage:
         subject=_subject(msg, hint),
         from_name=from_name,
         from_address=from_address,
-        to=headers.addresses(headers.raw_values(msg, "To")),
-        cc=headers.addresses(headers.raw_values(msg, "Cc")),
+        to=headers.addresses(headers.raw_values(msg, "To"), hint),
+        cc=headers.addresses(headers.raw_values(msg, "Cc"), hint),
         date=_date(msg.get("Date")),
         in_reply_to=refs.message_ids(_header(msg, "In-Reply-To")),
         references=refs.message_ids(_header(msg, "References")),
@@ -125,8 +125,9 @@ def _subject(msg: Message, hint: str | None) -> str:
 
 
 def _header(msg: Message, name: str) -> str:
+    """The first value of NAME, raw 8-bit bytes decoded (they reach the database)."""
     values = headers.raw_values(msg, name)
-    return values[0] if values else ""
+    return charsets.unsurrogate(values[0]) if values else ""
 
 
 def _message_id(msg: Message) -> str | None:
