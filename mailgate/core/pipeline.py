@@ -171,7 +171,7 @@ class Pipeline:
         return self._new_ticket(session, inbound, parsed, contact, now, follow_up_of=ticket)
 
     def _comment(self, session, inbound, parsed, contact, ticket, now) -> _Decision:
-        body = quotes.new_text(parsed.text)
+        body = quotes.new_text(parsed.text, parsed.subject)
         comment, events = service.add_comment(
             session, ticket, body=body, now=now, author=contact, inbound_id=inbound.id
         )
