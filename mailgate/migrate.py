@@ -15,7 +15,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD = "0003"
+HEAD = "0004"
 
 logging.getLogger("alembic").setLevel(logging.WARNING)
 

@@ -141,6 +141,7 @@ class Comment(SQLModel, table=True):
     author_contact_id: Optional[int] = Field(default=None, foreign_key="contact.id")
     author_agent: Optional[str] = Field(default=None, max_length=200)
     body: str = Field(default="", sa_type=sa.Text)
+    full_body: Optional[str] = Field(default=None, sa_type=sa.Text)  # the mail's whole text, quotes included
     internal: bool = False
     created_at: datetime = _time(default_factory=utcnow)
     inbound_id: Optional[int] = Field(default=None, foreign_key="inbound.id")

@@ -73,7 +73,8 @@ def ticket_detail(t: Ticket, names: Names, include_internal: bool = True) -> dic
         "comments": [
             {
                 "author": f"agent:{c.author_agent}" if c.author_agent else names.contact(c.author_contact_id),
-                "body": c.body, "internal": c.internal, "created_at": iso(c.created_at),
+                "body": c.body, "full_body": c.body if c.full_body is None else c.full_body,
+                "internal": c.internal, "created_at": iso(c.created_at),
                 "attachments": [attachment(a) for a in attachments if a.comment_id == c.id],
             }
             for c in comments if include_internal or not c.internal

@@ -28,7 +28,7 @@ from mailgate.core.spool import Envelope
 from mailgate.db import insert_if_absent
 from mailgate.mail import quotes, refs, subjects
 from mailgate.mail.addresses import is_support_address
-from mailgate.mail.parse import Limits, ParsedMessage, UnparseableMessage, parse
+from mailgate.mail.parse import Limits, ParsedMessage, UnparseableMessage, message_id_of, parse
 from mailgate.models import Contact, Inbound, Seen, Ticket, utcnow
 from mailgate.rules import bounce, machine, reference, sender
 from mailgate.tickets import service
@@ -175,6 +175,7 @@ class Pipeline:
         comment, events = service.add_comment(
             session, ticket, body=body, now=now, author=contact, inbound_id=inbound.id
         )
+        comment.full_body = parsed.text  # what the cut took stays reachable (SPEC §4.7)
         service.store_attachments(session, self.app.blobs, ticket, parsed.attachments, comment)
         first_line = next((line for line in body.splitlines() if line.strip()), "")
         events += service.customer_feedback(ticket, first_line, self.config.tickets.close_phrases, now, contact.id)
@@ -209,7 +210,7 @@ class Pipeline:
     # --- records and results -----------------------------------------------------------
 
     def _record(self, session, spool_id, envelope, raw, digest, parsed) -> Inbound:
-        message_id = parsed.message_id if parsed else None
+        message_id = parsed.message_id if parsed else message_id_of(raw)  # a quarantined message keeps its id
         inbound = Inbound(
             spool_id=spool_id, message_id=message_id, dedupe_key=refs.dedupe_key(message_id, digest),
             source=envelope.source, envelope_sender=envelope.sender,

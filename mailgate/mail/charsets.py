@@ -103,16 +103,20 @@ def detect(data: bytes) -> str | None:
     then the one more mail is written in wins (`_LIKELY`, most likely first).
     """
     sample = data[:DETECTION_SAMPLE]
-    try:
-        matches = list(charset_normalizer.from_bytes(sample, cp_isolation=_candidates(sample)))
-    except Exception:  # detection is a guess; a failing guess is no guess
-        log.debug("charset detection failed", exc_info=True)
-        return None
+    matches = _matches(sample, _candidates(sample)) or _matches(sample, list(_LIKELY))
     if not matches:
         return None
     least = min(m.chaos for m in matches)
     tied = {name for m in matches if m.chaos <= least + 0.01 for name in m.could_be_from_charset}
     return codec_of(min(tied, key=lambda name: _LIKELY.get(name, len(_LIKELY))))
+
+
+def _matches(sample: bytes, candidates: list[str]) -> list:
+    try:
+        return list(charset_normalizer.from_bytes(sample, cp_isolation=candidates))
+    except Exception:  # detection is a guess; a failing guess is no guess
+        log.debug("charset detection failed", exc_info=True)
+        return []
 
 
 def _candidates(sample: bytes) -> list[str]:

@@ -32,8 +32,8 @@ MAX_LIBRARY_TRIES = 200  # windows handed to the library's patterns per message
 WINDOW = 3  # lines a wrapped "On … wrote:" may take
 
 # Words without which no "wrote" line of the library's languages can match (a cheap filter).
-_WROTE_WORDS = re.compile(
-    r"wrote|schrieb|écrit|escribió|scritto|schreef|napisał|nadesłał|napsal|skrev|写道|작성|\d{4}年", re.I)
+_WROTE_WORDS = re.compile(  # matched on lower-cased lines: faster than re.I
+    r"wrote|schrieb|écrit|escribió|scritto|schreef|napisał|nadesłał|napsal|skrev|写道|작성|年")
 _FROM_FIELD = (r"From|Von|De|Da|Van|Od|Fra|Från|Expéditeur|Remitente|Mittente|Nadawca|Lähettäjä|От|发件人|"
                r"寄件者|差出人|보낸\s?사람")
 _OTHER_FIELD = (r"Sent|Date|To|Subject|Cc|Organization|Gesendet|Datum|An|Betreff|Organisation|Envoyé|À|Objet|"
@@ -79,7 +79,7 @@ class _Header:
 def new_text(body: str, subject: str = "") -> str:
     """The part of BODY the sender wrote now (SUBJECT tells a forward from a reply)."""
     lines = body.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    budget = _Budget()
+    budget = _Budget(wrote=[bool(_WROTE_WORDS.search(line[:MAX_LINE].lower())) for line in lines])
     header = _first_header(lines, budget)
     forward = _first(lines, _FORWARD.match)
     if forward is not None and (header is None or forward <= header.start):
@@ -92,7 +92,9 @@ def new_text(body: str, subject: str = "") -> str:
 
 @dataclass
 class _Budget:
-    """How many more windows the library's patterns may be tried on (per message)."""
+    """How many more windows the library's patterns may be tried on (per message), and
+    which lines hold a word of a "wrote" line (looked for once per line)."""
+    wrote: list[bool]
     tries: int = MAX_LIBRARY_TRIES
 
 
@@ -100,21 +102,21 @@ def _pieces(lines: list[str], header: _Header | None, budget: _Budget) -> list[l
     """The runs of new text: all above the header; below it only text between and after
     `>` quotes (history that is not quoted is all history)."""
     if header is None:
-        return _unquoted_runs(lines)
-    above = _unquoted_runs(lines[:header.start])
-    below = lines[header.end:]
-    first = next((line for line in below if line.strip()), "")
+        return _unquoted_runs(lines, 0, len(lines))
+    above = _unquoted_runs(lines, 0, header.start)
+    first = next((line for line in lines[header.end:header.end + 50] if line.strip()), "")
     if not _is_quoted(first):
         return above
-    return above + _unquoted_runs(below, budget)
+    return above + _unquoted_runs(lines, header.end, len(lines), budget)
 
 
-def _unquoted_runs(lines: list[str], budget: _Budget | None = None) -> list[list[str]]:
+def _unquoted_runs(lines: list[str], start: int, end: int, budget: _Budget | None = None) -> list[list[str]]:
     """LINES without `>` quotes, split where a quote was; the line that introduces a quote
     ("… wrote:", in any language) goes with it. With a BUDGET, an unquoted reply header
     (older history in Outlook's style) ends the new text."""
     runs, current = [], []
-    for i, line in enumerate(lines):
+    for i in range(start, end):
+        line = lines[i]
         if _is_quoted(line):
             _drop_attribution(current)
             if current:
@@ -165,13 +167,14 @@ def _first_header(lines: list[str], budget: _Budget) -> _Header | None:
 
 def _header_at(lines: list[str], i: int, budget: _Budget) -> _Header | None:
     line = lines[i][:MAX_LINE]
-    if not line.strip():
+    start = line.lstrip(" \t>")[:1]
+    if not start:
         return None
-    if _SEPARATOR.match(line) or _ANDROID.match(line):
+    if start == "-" and (_SEPARATOR.match(line) or _ANDROID.match(line)):
         return _Header(i, _after_block(lines, i + 1))
-    if _FROM_LINE.match(line) and _fields_follow(lines, i):
+    if ":" in line and _FROM_LINE.match(line) and _fields_follow(lines, i):
         return _Header(_separator_above(lines, i), _after_block(lines, i))
-    if budget.tries > 0 and _WROTE_WORDS.search(" ".join(line[:MAX_LINE] for line in lines[i:i + WINDOW])):
+    if budget.tries > 0 and any(budget.wrote[i:i + WINDOW]):
         budget.tries -= 1
         taken = _wrote_header(lines, i)
         if taken:
@@ -228,14 +231,21 @@ def _without_signature(lines: list[str]) -> str:
     separator lines a cut leaves at the end."""
     end = len(lines)
     for i, line in enumerate(lines):
-        head = line.strip()[:MAX_LINE]
-        if line.rstrip() == "--" or _UNDERSCORES.match(head) or _SEPARATOR.match(head):
-            end = i
-            break
-        if i > 0 and (_SENT_FROM.match(head) or _SIGNATURE_NAME.match(head)):
+        if _is_signature(line, first=i == 0):
             end = i
             break
     kept = lines[:end]
     while kept and (not kept[-1].strip() or _RULE.match(kept[-1][:MAX_LINE])):
         kept.pop()
     return "\n".join(kept)
+
+
+def _is_signature(line: str, first: bool) -> bool:
+    head = line.strip()[:MAX_LINE]
+    if line.rstrip() == "--":
+        return True
+    if head[:1] == "_":
+        return bool(_UNDERSCORES.match(head))
+    if head[:1] == "-":
+        return bool(_SEPARATOR.match(head)) or (not first and bool(_SIGNATURE_NAME.match(head)))
+    return not first and len(head) <= 80 and bool(_SENT_FROM.match(head))

@@ -1,0 +1,100 @@
+"""Hostile mail (issue 13) through `parse()` and `quotes.new_text()`, and through the pipeline:
+each shape of tests/hostile.py within a measured budget of time and of memory (a small
+multiple of the message size). The one place where timing belongs in the tests: these are
+the bounds the gateway promises. Sizes are a fraction of the campaign's
+(bench/hostile_campaign.py) so the whole module takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+
+import pytest
+from sqlmodel import select
+
+from mailgate.ingest import pipe
+from mailgate.mail import quotes
+from mailgate.mail.parse import UnparseableMessage, parse
+from mailgate.models import Inbound
+from tests import hostile
+from tests.support import SUPPORT
+
+SECONDS = 3.0  # per message, on a shared CI machine; each case takes well under one here
+MEMORY_FACTOR = 16  # peak traced memory, as a multiple of the message size …
+MEMORY_FLOOR = 8 * 1024 * 1024  # … but never less than this (tiny messages, fixed costs)
+
+SIZES = {
+    "newlines": 30_000, "spaces": 30_000, "quote markers": 20_000, "wrote lines": 10_000,
+    "header fields": 10_000, "deep nesting": 3_000, "nested attachments": 30_000, "many parts": 3_000,
+    "boundary traps": 20_000, "deep comments": 3_000, "encoded words": 5_000, "huge html": 20_000,
+    "broken html": 400_000, "tnef property count": 0, "tnef value count": 0, "tnef rows": 0,
+    "tnef objects": 20_000, "long header": 90_000,
+}
+# What each shape must come to: parsed, or refused by a limit (quarantined) — never an error.
+REFUSED = {"deep nesting", "many parts"}
+
+
+def _measured(work):
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        result = work()
+    finally:
+        seconds = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return result, seconds, peak
+
+
+def _read(raw: bytes):
+    try:
+        parsed = parse(raw)
+    except UnparseableMessage as e:
+        return str(e)
+    return parsed, quotes.new_text(parsed.text, parsed.subject)
+
+
+@pytest.mark.parametrize("shape", list(hostile.SHAPES))
+def test_hostile_shape_is_read_within_its_budget(shape):
+    raw = hostile.SHAPES[shape](SIZES[shape])
+    result, seconds, peak = _measured(lambda: _read(raw))
+    assert seconds < SECONDS, f"{shape}: {seconds:.2f} s"
+    assert peak < max(MEMORY_FLOOR, MEMORY_FACTOR * len(raw)), f"{shape}: {peak / 1e6:.1f} MB for {len(raw) / 1e6:.2f} MB"
+    if shape in REFUSED:
+        assert isinstance(result, str) and result.startswith("limit: "), result
+    else:
+        assert not isinstance(result, str), result
+
+
+def test_deep_comments_in_an_address_header_are_read_not_recursed_into():
+    parsed = parse(hostile.deep_comments(3_000))
+    assert parsed.to == ["support@example.com"] and parsed.text == "body"
+
+
+def test_tnef_that_claims_more_than_it_holds_is_kept_as_it_is(caplog):
+    for make in (hostile.tnef_property_count, hostile.tnef_value_count, hostile.tnef_rows):
+        parsed = parse(make())
+        assert [a.filename for a in parsed.attachments] == ["winmail.dat"]
+    assert len(caplog.records) <= 3  # one line per broken winmail.dat, not one per claimed property
+
+
+def test_a_reply_of_newlines_leaves_its_text_and_takes_no_time():
+    text = "x" + "\n" * 60_000 + "x"
+    result, seconds, _ = _measured(lambda: quotes.new_text(text))
+    assert result.startswith("x") and result.endswith("x") and seconds < SECONDS
+
+
+@pytest.mark.parametrize("shape", ["deep comments", "tnef property count", "nested attachments", "newlines",
+                                   "deep nesting", "huge html"])
+def test_hostile_mail_through_the_pipeline_gets_a_record_and_an_outcome(world_app, shape):
+    raw = hostile.SHAPES[shape](SIZES[shape])
+    started = time.perf_counter()
+    delivery = pipe.deliver(world_app, raw, "alice@acme.example", SUPPORT)
+    seconds = time.perf_counter() - started
+    assert delivery.exit_code == 0 and seconds < 2 * SECONDS, (delivery, seconds)
+    expected = "quarantined" if shape in REFUSED else ("comment_added" if b"[SD-1]" in raw else "ticket_created")
+    assert delivery.result.outcome == expected, delivery.result
+    with world_app.db.session() as s:
+        inbound = s.exec(select(Inbound).order_by(Inbound.id.desc())).first()
+    assert inbound.outcome == expected and inbound.message_id is not None
