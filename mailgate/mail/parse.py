@@ -18,8 +18,7 @@ from datetime import datetime
 from email.message import Message
 
 from mailgate.mail import body, charsets, headers, mime, refs
-from mailgate.mail.body import TNEF_TYPES, display_name  # noqa: F401  (kept importable)
-from mailgate.mail.headers import message_id_of  # noqa: F401  (the pipeline's raw fallback)
+from mailgate.mail.headers import message_id_of  # noqa: F401  (parse.message_id_of: the raw fallback)
 
 
 class UnparseableMessage(Exception):

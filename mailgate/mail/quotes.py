@@ -28,6 +28,7 @@ from functools import lru_cache
 from mailparser_reply.constants import MAIL_LANGUAGES
 
 MAX_LINE = 300  # characters of a line that header patterns look at
+MAX_EXAMINED = 128 * 1024  # characters of a body read line by line
 MAX_LIBRARY_TRIES = 200  # windows handed to the library's patterns per message
 WINDOW = 3  # lines a wrapped "On … wrote:" may take
 
@@ -66,6 +67,7 @@ _SENT_FROM = re.compile(
     r"^(?:sent from my|sent from outlook|get outlook for|gesendet von meinem|von meinem .{1,40} gesendet|"
     r"envoyé de mon|envoyé depuis|enviado desde mi|inviato da|verzonden vanaf mijn|wysłano z|skickat från min|"
     r"sendt fra min|odesláno z)\b[^,;:.!?]{0,60}$", re.I)
+_SENT_FROM_FIRST = frozenset("sgveiwo")  # the first letters of _SENT_FROM's phrases
 _SIGNATURE_NAME = re.compile(r"^-[A-ZÀ-Þ][\w.'’-]*(?: [A-ZÀ-Þ][\w.'’-]*){0,3}\s*$")
 _ATTRIBUTION_HINT = re.compile(r"[@\d]")
 
@@ -77,17 +79,36 @@ class _Header:
 
 
 def new_text(body: str, subject: str = "") -> str:
-    """The part of BODY the sender wrote now (SUBJECT tells a forward from a reply)."""
-    lines = body.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    budget = _Budget(wrote=[bool(_WROTE_WORDS.search(line[:MAX_LINE].lower())) for line in lines])
+    """The part of BODY the sender wrote now (SUBJECT tells a forward from a reply).
+
+    Only the first MAX_EXAMINED characters are read line by line (a new text, and the
+    header that ends it, come first); when no reply header and no quote is found there,
+    the rest is kept as it is, else it is history like the rest of the quote."""
+    body = body.replace("\r\n", "\n").replace("\r", "\n")
+    if len(body) <= MAX_EXAMINED:
+        return _new_text(body, subject)[0]
+    cut = body.rfind("\n", 0, MAX_EXAMINED) + 1 or MAX_EXAMINED
+    text, history = _new_text(body[:cut], subject)
+    return text if history else (text + "\n" + body[cut:]).strip()
+
+
+def _wrote_flags(lines: list[str]) -> list[bool]:
+    return [bool(_WROTE_WORDS.search(line[:MAX_LINE].lower())) for line in lines]
+
+
+def _new_text(body: str, subject: str) -> tuple[str, bool]:
+    """(the new text, whether any history was found: a reply header or a quote)."""
+    lines = body.split("\n")
+    budget = _Budget(wrote=_wrote_flags(lines))
     header = _first_header(lines, budget)
     forward = _first(lines, _FORWARD.match)
     if forward is not None and (header is None or forward <= header.start):
-        return body.strip()  # a forward: the forwarded message is what the sender sends
+        return body.strip(), False  # a forward: the forwarded message is what the sender sends
     if header is not None and _FORWARD_SUBJECT.match(subject) and _SEPARATOR.match(lines[header.start]):
-        return body.strip()  # "-------- Original-Nachricht --------" under "WG:" is a forward
+        return body.strip(), False  # "-------- Original-Nachricht --------" under "WG:" is a forward
     pieces = _pieces(lines, header, budget)
-    return "\n\n".join(p for p in (_without_signature(p).strip("\n") for p in pieces) if p.strip()).strip()
+    text = "\n\n".join(p for p in (_without_signature(p).strip("\n") for p in pieces) if p.strip()).strip()
+    return text, header is not None or any(_is_quoted(line) for line in lines)
 
 
 @dataclass
@@ -248,4 +269,4 @@ def _is_signature(line: str, first: bool) -> bool:
         return bool(_UNDERSCORES.match(head))
     if head[:1] == "-":
         return bool(_SEPARATOR.match(head)) or (not first and bool(_SIGNATURE_NAME.match(head)))
-    return not first and len(head) <= 80 and bool(_SENT_FROM.match(head))
+    return not first and len(head) <= 80 and head[:1].lower() in _SENT_FROM_FIRST and bool(_SENT_FROM.match(head))
