@@ -14,6 +14,7 @@ line with every figure.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import resource
@@ -101,8 +102,8 @@ def mutated(raw: bytes, rng: random.Random) -> bytes:
     return b"To: support@example.com, " + b"(" * rng.randint(100, 5000) + b"\r\n" + raw
 
 
-def pipeline_sample(cases: list[tuple[str, bytes]], count: int) -> list[dict]:
-    """COUNT of the cases through `pipe.deliver` on a temporary database."""
+def pipeline_sample(cases, count: int) -> list[dict]:
+    """The first COUNT of CASES through `pipe.deliver` on a temporary database."""
     from mailgate import config as config_module
     from mailgate import directory
     from mailgate.app import App
@@ -118,7 +119,7 @@ def pipeline_sample(cases: list[tuple[str, bytes]], count: int) -> list[dict]:
             directory.add_organisation(s, "Acme")
             directory.add_contact(s, "alice@acme.example", "Alice", "Acme")
         results = []
-        for name, raw in cases[:count]:
+        for name, raw in itertools.islice(cases, count):
             started = time.perf_counter()
             delivery = pipe.deliver(app, raw, "alice@acme.example", SUPPORT)
             outcome = delivery.result.outcome if delivery.result else f"ERROR exit {delivery.exit_code}: {delivery.error}"
@@ -136,18 +137,19 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
 
-    shapes = list(shape_cases(int(args.max_mb * 1024 * 1024)))
     mails = corpus()
-    mutations = [(f"mutation {i}", mutated(rng.choice(mails), rng)) for i in range(args.mutations)]
-    results = []
-    for name, raw in [*shapes, *mutations]:
+    mutations = ((f"mutation {i}", mutated(rng.choice(mails), rng)) for i in range(args.mutations))
+    results, biggest = [], []
+    for name, raw in itertools.chain(shape_cases(int(args.max_mb * 1024 * 1024)), mutations):
         result = measure(raw)
         result["case"] = name
         results.append(result)
         print(f"{name:40} {len(raw) / 1e6:7.2f} MB {result['seconds']:6.2f} s {result['peak'] / 1e6:7.1f} MB  {result['outcome']}",
               file=sys.stderr)
-    biggest_shapes = sorted(shapes, key=lambda c: -len(c[1]))
-    through = pipeline_sample([c for c in biggest_shapes if len(c[1]) < 8 * 1024 * 1024] + mutations, args.pipeline)
+        if not name.startswith("mutation"):
+            biggest = sorted([*biggest, (name, raw)], key=lambda c: -len(c[1]))[:args.pipeline // 2]
+    sample = itertools.chain(biggest, ((f"mutation {i}", mutated(rng.choice(mails), rng)) for i in itertools.count()))
+    through = pipeline_sample(sample, args.pipeline)
     report(results, through)
     return 1 if any(r["outcome"].startswith("ERROR") for r in [*results, *through]) else 0
 

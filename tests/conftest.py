@@ -159,12 +159,19 @@ def _world(config_path: Path, seed_tickets: bool):
     app.db.dispose()
 
 
-def pytest_terminal_summary(terminalreporter, config):
-    """The real-world corpus scores per kind of mail (tests/test_realworld.py), when it ran."""
-    from tests.test_realworld import report_lines
 
-    lines = report_lines(config)
-    if lines:
+_REALWORLD_SCORES: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    """Collect the real-world corpus scores (tests/test_realworld.py), from xdist workers too."""
+    for name, value in getattr(report, "user_properties", ()):
+        if name == "real-world scores" and report.when == "call":
+            _REALWORLD_SCORES.extend(value)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _REALWORLD_SCORES:
         terminalreporter.section("real-world mail: scores per kind")
-        for line in lines:
+        for line in _REALWORLD_SCORES:
             terminalreporter.write_line(line)

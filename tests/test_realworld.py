@@ -53,7 +53,7 @@ def corpus_app(tmp_path_factory, pg_template_name):
 
 
 @pytest.fixture(scope="module")
-def outcomes(corpus_app, request):
+def outcomes(corpus_app):
     """Every corpus message delivered once: {name: (exit code, outcome, ticket key or None)}."""
     app, seen, done = corpus_app, set(), {}
     mail = [(case.name, case.raw) for case in realworld.zammad_cases()] + realworld.other_mail()
@@ -65,7 +65,7 @@ def outcomes(corpus_app, request):
 
 
 @pytest.fixture(scope="module")
-def scores(corpus_app, outcomes, request):
+def scored(corpus_app, outcomes):
     """The scores over the messages that became tickets (the summary and the description are
     a ticket's), and — for information — over every message, read off the parse."""
     found = {kind: Score() for kind in ("summary", "attachments", "first line")}
@@ -80,9 +80,8 @@ def scores(corpus_app, outcomes, request):
             for kind, ok in _zammad_checks(case, parsed, None).items():
                 everything[f"{kind} (every message, parsed)"].add(ok, case.name)
     found.update(_reply_scores(corpus_app))
-    request.config.stash.setdefault(REPORT, []).extend(
-        score.line(kind) for kind, score in [*found.items(), *everything.items()])
-    return found
+    lines = [score.line(kind) for kind, score in [*found.items(), *everything.items()]]
+    return found, lines
 
 
 def _zammad_checks(case, parsed, ticket: dict | None) -> dict[str, bool]:
@@ -95,6 +94,17 @@ def _zammad_checks(case, parsed, ticket: dict | None) -> dict[str, bool]:
         "attachments": realworld.names_match(names, case.attachments) and stored == [n for n, _ in names],
         "first line": _contains(text, case.first_line) if case.first_line else not text.strip(),
     }
+
+
+@pytest.fixture(scope="module")
+def scores(scored):
+    return scored[0]
+
+
+def test_the_scores_per_kind_are_reported(scored, record_property):
+    """The score lines go to the terminal summary (tests/conftest.py), from an xdist worker too."""
+    record_property(REPORT_PROPERTY, scored[1])
+    assert len(scored[1]) >= 6
 
 
 def test_every_message_is_processed_without_a_traceback_or_quarantine(outcomes):
@@ -120,12 +130,7 @@ def test_reply_scores(scores):
 # --- the work --------------------------------------------------------------------------------
 
 
-REPORT = pytest.StashKey[list]()
-
-
-def report_lines(config) -> list[str]:
-    """The score lines of this run, for the terminal summary (tests/conftest.py)."""
-    return config.stash.get(REPORT, [])
+REPORT_PROPERTY = "real-world scores"
 
 
 def _deliver(app: App, raw: bytes, sender: str):
