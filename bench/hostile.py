@@ -105,7 +105,7 @@ def mutated(raw: bytes, rng: random.Random) -> bytes:
 def pipeline_sample(cases, count: int) -> list[dict]:
     """The first COUNT of CASES through `pipe.deliver` on a temporary database."""
     from mailgate import config as config_module
-    from mailgate import directory
+    from mailgate import contacts
     from mailgate.app import App
     from mailgate.ingest import pipe
     from tests.support import SUPPORT, write_config
@@ -116,8 +116,8 @@ def pipeline_sample(cases, count: int) -> list[dict]:
                             {"policy": {"max_new_tickets_per_sender_per_hour": 0}, "logging": {"level": "ERROR"}})
         app = App(config_module.load(path)).prepare()
         with app.db.session() as s:
-            directory.add_organisation(s, "Acme")
-            directory.add_contact(s, "alice@acme.example", "Alice", "Acme")
+            contacts.add_organisation(s, "Acme")
+            contacts.add_contact(s, "alice@acme.example", "Alice", "Acme")
         results = []
         for name, raw in itertools.islice(cases, count):
             started = time.perf_counter()

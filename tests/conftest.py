@@ -164,7 +164,7 @@ _REALWORLD_SCORES: list[str] = []
 
 
 def pytest_runtest_logreport(report):
-    """Collect the real-world corpus scores (tests/test_realworld.py), from xdist workers too."""
+    """Collect the real-world corpus scores (tests/unit/test_realworld.py), from xdist workers too."""
     for name, value in getattr(report, "user_properties", ()):
         if name == "real-world scores" and report.when == "call":
             _REALWORLD_SCORES.extend(value)

@@ -1,5 +1,5 @@
 """Generators of hostile mail (issue 13): shapes that made parsers loop, recurse, backtrack or
-copy without bound. Each takes a size N and returns raw bytes; tests/test_hostile.py runs
+copy without bound. Each takes a size N and returns raw bytes; tests/unit/test_hostile.py runs
 them small with measured budgets, bench/hostile_campaign.py runs them big and many.
 """
 

@@ -16,7 +16,7 @@ from mailgate.mail import charsets, jis, quotes
 from mailgate.mail.parse import message_id_of, parse
 from tests.support import make_message
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "emails"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "emails"
 
 
 # --- charsets --------------------------------------------------------------------------------
