@@ -133,6 +133,18 @@ def tnef_objects(n: int) -> bytes:
     return _tnef_mail(body)
 
 
+def iso2022jp_junk(n: int) -> bytes:
+    """A part declared ISO-2022-JP whose two-byte segment no codec takes (a byte-by-byte
+    re-coding would cost Python time per byte)."""
+    return _mail(b"jis", b"\x1b$B" + b"\x7f\x21\x2d\x21" * n + b"\x1b(B", content_type=b"text/plain; charset=ISO-2022-JP")
+
+
+def part_header(n: int) -> bytes:
+    """A part whose header block is N bytes (the top-level header limits do not reach it)."""
+    body = b"--h\r\nContent-Type: text/plain\r\nX-Filler: " + b"a" * n + b"\r\n\r\ntext\r\n--h--\r\n"
+    return _mail(b"part header", body, content_type=b'multipart/mixed; boundary="h"')
+
+
 def long_header(n: int) -> bytes:
     return _mail(b"x" * n, b"body\r\n")
 
@@ -143,5 +155,6 @@ SHAPES = {
     "many parts": many_parts, "boundary traps": boundary_traps, "deep comments": deep_comments,
     "encoded words": encoded_words, "huge html": huge_html, "broken html": broken_html,
     "tnef property count": tnef_property_count, "tnef value count": tnef_value_count, "tnef rows": tnef_rows,
-    "tnef objects": tnef_objects, "long header": long_header,
+    "tnef objects": tnef_objects, "long header": long_header, "iso-2022-jp junk": iso2022jp_junk,
+    "part header": part_header,
 }

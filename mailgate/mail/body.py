@@ -134,7 +134,7 @@ def _says_far_less(walk: _Walk, plain: Message, rich: Message) -> bool:
     """Whether the plain alternative tells less than the rich one: far shorter, or opening
     with words the rich one does not have (a stale or templated plain part)."""
     def squeezed(alternative: Message) -> str:
-        texts = (_text(walk, p) for p in alternative.walk() if _is_body_text(p) and _has_text(p))
+        texts = (_text(walk, p, count=False) for p in alternative.walk() if _is_body_text(p) and _has_text(p))
         return "".join("".join(texts).split())
 
     plain_text, rich_text = squeezed(plain), squeezed(rich)
@@ -153,16 +153,17 @@ def _has_text(part: Message) -> bool:
     return isinstance(payload, str) and bool(payload.strip())
 
 
-def _text(walk: _Walk, part: Message) -> str:
-    text = charsets.decode(_decoded(walk, part), part.get_content_charset())
+def _text(walk: _Walk, part: Message, count: bool = True) -> str:
+    """PART's text; COUNT false: a look that does not count against the budget (the part is
+    counted when it is taken)."""
+    text = charsets.decode(_decoded(walk, part, count), part.get_content_charset())
     return htmltext.to_text(text) if part.get_content_subtype() == "html" else text
 
 
-def _decoded(walk: _Walk, part: Message) -> bytes:
+def _decoded(walk: _Walk, part: Message, count: bool = True) -> bytes:
     """PART's payload, transfer-decoded, once the budget allows what it will decode to."""
     payload = part.get_payload()
-    encoded = len(payload) if isinstance(payload, str) else 0
-    walk.decoded += encoded
+    walk.decoded += len(payload) if isinstance(payload, str) and count else 0
     if walk.decoded > walk.max_decoded_bytes:
         raise BodyLimit(f"limit: more than {walk.max_decoded_bytes} bytes of attachments")
     try:

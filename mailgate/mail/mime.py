@@ -29,6 +29,7 @@ class StructureLimit(Exception):
 class StructureLimits:
     max_depth: int = 30
     max_parts: int = 2000
+    max_part_header_bytes: int = 256 * 1024  # a part's header block (the top level has its own limits)
 
 
 @dataclass
@@ -67,6 +68,8 @@ class _Builder:
         if depth == 0 and data.startswith(b"From ", start):  # an mbox separator line
             unixfrom, start = _line(data, start, end)
         head, body_start = _header_block(data, start, end)
+        if len(head) > self.limits.max_part_header_bytes:
+            raise StructureLimit(f"limit: a header block of {len(head)} bytes (at most {self.limits.max_part_header_bytes})")
         msg = BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
         if unixfrom is not None:
             msg.set_unixfrom(data[unixfrom[0]:unixfrom[1]].decode("ascii", "surrogateescape").rstrip("\r\n"))

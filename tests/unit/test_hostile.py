@@ -29,10 +29,10 @@ SIZES = {
     "header fields": 10_000, "deep nesting": 3_000, "nested attachments": 30_000, "many parts": 3_000,
     "boundary traps": 20_000, "deep comments": 3_000, "encoded words": 5_000, "huge html": 15_000,
     "broken html": 400_000, "tnef property count": 0, "tnef value count": 0, "tnef rows": 0,
-    "tnef objects": 20_000, "long header": 90_000,
+    "tnef objects": 20_000, "long header": 90_000, "iso-2022-jp junk": 250_000, "part header": 300_000,
 }
 # What each shape must come to: parsed, or refused by a limit (quarantined) — never an error.
-REFUSED = {"deep nesting", "many parts"}
+REFUSED = {"deep nesting", "many parts", "part header"}
 
 
 def _measured(work):
