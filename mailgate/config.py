@@ -120,8 +120,10 @@ class SecurityConfig:
 @dataclass(frozen=True)
 class ProcessingConfig:
     max_attempts: int = 3  # a message failing this often is quarantined
-    threads: int = 2  # messages worked at the same time, each in a thread (in each process)
-    processes: int = 1  # 1: processing in the daemon; N > 1: in N worker processes (more cores)
+    threads: int = 1  # messages worked at the same time, each in a thread (in each process)
+    processes: int = 1  # N >= 1: in N worker processes under the budget; 0: in the daemon, unbounded
+    budget_seconds: float = 5.0  # CPU seconds one message may cost; more: its worker is killed
+    budget_memory_factor: int = 4  # × smtp.max_message_size (+ 64 MiB): the memory a worker may add
 
 
 @dataclass(frozen=True)
@@ -371,8 +373,12 @@ def _check(config: Config) -> None:
         raise ConfigError("smtp.tls_key: tls_cert and tls_key go together")
     if config.database.url and not config.database.url.startswith(("sqlite", "postgresql")):
         raise ConfigError("database.url: only sqlite:/// and postgresql+psycopg:// are supported")
-    if min(config.processing.max_attempts, config.processing.threads, config.processing.processes) < 1:
-        raise ConfigError("processing: max_attempts, threads and processes must be at least 1")
+    if min(config.processing.max_attempts, config.processing.threads, config.processing.budget_memory_factor) < 1:
+        raise ConfigError("processing: max_attempts, threads and budget_memory_factor must be at least 1")
+    if config.processing.processes < 0:
+        raise ConfigError("processing.processes: 0 (in the daemon) or more")
+    if config.processing.budget_seconds <= 0:
+        raise ConfigError("processing.budget_seconds: must be more than 0")
     if config.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("logging.level: one of DEBUG, INFO, WARNING, ERROR")
     if config.policy.require_authenticated_sender and not config.policy.trusted_authserv_id:

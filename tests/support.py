@@ -35,6 +35,30 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.02, message: 
         time.sleep(interval)
 
 
+def children_of(pid: int) -> list[int]:
+    """The PIDs whose parent is PID (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def alive(pid: int) -> bool:
+    """Whether PID runs (a zombie counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 # --- config ----------------------------------------------------------------------------------
 
 

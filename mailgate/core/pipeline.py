@@ -5,6 +5,11 @@ ticket or comment with its attachments and the notifications it causes — all c
 together or not at all. What happens to the spooled file afterwards is the runner's
 (`mailgate.core.runner`); the checks themselves are named functions in `mailgate.rules`.
 
+The slow work on the sender's bytes — parsing (HTML to text included), stripping the quoted
+history of a possible reply, storing the attachments — is done first, in `_prepare`, before
+the transaction opens: the database's write lock (SQLite has one for the whole file) is held
+for database work only.
+
 `_decide` is the order of things, as a list:
     parse failure → machine mail (and our own bounces) → sender → authentication
     → reference → (wait for older mail) → comment, or rate limit → new or follow-up ticket
@@ -54,6 +59,22 @@ class Result:
 
 
 @dataclass
+class _Prepared:
+    """What the sender's bytes yield, worked out before the transaction (`_prepare`)."""
+
+    raw: bytes
+    digest: str  # sha256 of RAW, stored in the blob store
+    parsed: ParsedMessage | None
+    parse_error: str | None = None
+    new_text: str | None = None  # the reply's text without quotes, when it may be a reply
+    attachment_digests: list[str] = field(default_factory=list)
+
+    @property
+    def message_id(self) -> str | None:
+        return self.parsed.message_id if self.parsed else message_id_of(self.raw)
+
+
+@dataclass
 class _Decision:
     """What the stages decided; written onto the inbound record at the end."""
 
@@ -88,15 +109,14 @@ class Pipeline:
             done = session.exec(select(Inbound).where(Inbound.spool_id == spool_id)).first()
             if done is not None:
                 return self._result(session, done)
-        digest = self.app.blobs.put(raw)
-        parsed, parse_error = _try_parse(raw, self.limits)
+        prepared = self._prepare(raw)
         with self.app.db.session() as session:
-            inbound = self._record(session, spool_id, envelope, raw, digest, parsed)
+            inbound = self._record(session, spool_id, envelope, prepared)
             original = _claim_dedupe_key(session, inbound)
             if original is not None:
                 decision = _Decision("duplicate", ticket=_ticket(session, original.ticket_id))
             else:
-                decision = self._decide(session, inbound, envelope, parsed, parse_error, wait_for_older)
+                decision = self._decide(session, inbound, envelope, prepared, wait_for_older)
             result = self._finish(session, inbound, decision)
             failpoints.hit("before_commit", raw)
         failpoints.hit("after_commit", raw)
@@ -106,48 +126,59 @@ class Pipeline:
     def reprocess(self, inbound_id: int) -> Result:
         """Run a kept message through the rules again (SPEC §9 `inbox reprocess`)."""
         started = time.monotonic()
+        with self.app.db.read_session() as session:
+            inbound = _reprocessable(session.get(Inbound, inbound_id), inbound_id)
+        prepared = self._prepare(self.app.blobs.get(inbound.sha256))
         with self.app.db.session() as session:
-            inbound = session.get(Inbound, inbound_id)
-            if inbound is None:
-                raise LookupError(f"no inbound message {inbound_id}")
-            if inbound.outcome in ("ticket_created", "comment_added", "duplicate"):
-                raise ValueError(f"inbound message {inbound_id} is {inbound.outcome}; nothing to reprocess")
-            raw = self.app.blobs.get(inbound.sha256)
-            parsed, parse_error = _try_parse(raw, self.limits)
+            inbound = _reprocessable(session.get(Inbound, inbound_id), inbound_id)  # still, now locked
             envelope = Envelope(
                 sender=inbound.envelope_sender, recipients=_split(inbound.envelope_recipients),
                 source=inbound.source,
             )
-            decision = self._decide(session, inbound, envelope, parsed, parse_error)
+            decision = self._decide(session, inbound, envelope, prepared)
             inbound.attempts += 1
             result = self._finish(session, inbound, decision)
         self._log(inbound, result, started)
         return result
 
-    def quarantine(self, spool_id: str, envelope: Envelope, raw: bytes, error: str, parse: bool = True) -> Result:
-        """Keep a message that failed too often: raw stored, listed, reprocessable. PARSE
-        False records it without reading it (for a message that kills the process)."""
+    def quarantine(self, spool_id: str, envelope: Envelope, raw: bytes, error: str) -> Result:
+        """Keep a message that failed too often, or blew its budget: raw stored, listed,
+        reprocessable. It is not parsed again (parsing may be what fails, kills or overruns);
+        its Message-ID comes from a plain scan of the header block."""
         failpoints.hit("quarantine", raw)
-        digest = self.app.blobs.put(raw)
-        parsed = _try_parse(raw, self.limits)[0] if parse else None
+        prepared = _Prepared(raw, self.app.blobs.put(raw), parsed=None)
         with self.app.db.session() as session:
             done = session.exec(select(Inbound).where(Inbound.spool_id == spool_id)).first()
             if done is not None:
                 return self._result(session, done)
-            inbound = self._record(session, spool_id, envelope, raw, digest, parsed)
+            inbound = self._record(session, spool_id, envelope, prepared)
             inbound.attempts = envelope.attempts
             _claim_dedupe_key(session, inbound)
             result = self._finish(session, inbound, _Decision("quarantined", error=error[:2000]))
         self._log(inbound, result, None)
         return result
 
+    # --- before the transaction --------------------------------------------------------
+
+    def _prepare(self, raw: bytes) -> _Prepared:
+        """The slow, CPU-bound work on RAW, done before the transaction opens."""
+        prepared = _Prepared(raw, self.app.blobs.put(raw), *_try_parse(raw, self.limits))
+        parsed = prepared.parsed
+        if parsed is None:
+            return prepared
+        if reference.may_answer_a_ticket(parsed, self.config.tickets.key_prefix):
+            prepared.new_text = quotes.new_text(parsed.text, parsed.subject)
+        prepared.attachment_digests = [self.app.blobs.put(a.data) for a in parsed.attachments]
+        return prepared
+
     # --- the stages --------------------------------------------------------------------
 
-    def _decide(self, session, inbound, envelope, parsed, parse_error, wait_for_older=None) -> _Decision:
+    def _decide(self, session, inbound, envelope, prepared: _Prepared, wait_for_older=None) -> _Decision:
+        parsed = prepared.parsed
         failpoints.hit("pipeline", parsed and parsed.subject.encode() or b"")
         cfg = self.config
         if parsed is None:
-            return _Decision("quarantined", error=parse_error)
+            return _Decision("quarantined", error=prepared.parse_error)
         if why := machine.reason(parsed.headers, envelope.sender, parsed.from_address):
             bounced = bounce.record(session, self.app, parsed, envelope)  # our own mail bounced
             note = f"; bounce of outbound {', '.join(map(str, bounced))}" if bounced else ""
@@ -165,30 +196,32 @@ class Pipeline:
             raise Deferred()
         now = utcnow()
         if ticket is not None and ticket.status != "closed":
-            return self._comment(session, inbound, parsed, contact, ticket, now)
+            return self._comment(session, inbound, prepared, contact, ticket, now)
         if sender.over_rate_limit(session, cfg.policy, contact, now):
             return _Decision("rate_limited", error="too many new tickets from this sender in the last hour")
-        return self._new_ticket(session, inbound, parsed, contact, now, follow_up_of=ticket)
+        return self._new_ticket(session, inbound, prepared, contact, now, follow_up_of=ticket)
 
-    def _comment(self, session, inbound, parsed, contact, ticket, now) -> _Decision:
-        body = quotes.new_text(parsed.text, parsed.subject)
+    def _comment(self, session, inbound, prepared: _Prepared, contact, ticket, now) -> _Decision:
+        parsed = prepared.parsed
+        body = prepared.new_text if prepared.new_text is not None else quotes.new_text(parsed.text, parsed.subject)
         comment, events = service.add_comment(
             session, ticket, body=body, now=now, author=contact, inbound_id=inbound.id
         )
         comment.full_body = parsed.text  # what the cut took stays reachable (SPEC §4.7)
-        service.store_attachments(session, self.app.blobs, ticket, parsed.attachments, comment)
+        service.store_attachments(session, ticket, parsed.attachments, prepared.attachment_digests, comment)
         first_line = next((line for line in body.splitlines() if line.strip()), "")
         events += service.customer_feedback(ticket, first_line, self.config.tickets.close_phrases, now, contact.id)
         service.add_to_thread(session, ticket, parsed.message_id)
         return _Decision("comment_added", ticket=ticket, comment_id=comment.id, events=events)
 
-    def _new_ticket(self, session, inbound, parsed, contact, now, follow_up_of=None) -> _Decision:
+    def _new_ticket(self, session, inbound, prepared: _Prepared, contact, now, follow_up_of=None) -> _Decision:
+        parsed = prepared.parsed
         ticket, events = service.create_ticket(
             session, key_prefix=self.config.tickets.key_prefix, creator=contact,
             summary=subjects.summary(parsed.subject, self.config.tickets.key_prefix),
             description=parsed.text, now=now, follow_up_of=follow_up_of,
         )
-        service.store_attachments(session, self.app.blobs, ticket, parsed.attachments)
+        service.store_attachments(session, ticket, parsed.attachments, prepared.attachment_digests)
         for participant in self._participants(session, parsed, contact):
             service.add_participant(session, ticket, participant)
         service.add_to_thread(session, ticket, parsed.message_id)
@@ -209,15 +242,15 @@ class Pipeline:
 
     # --- records and results -----------------------------------------------------------
 
-    def _record(self, session, spool_id, envelope, raw, digest, parsed) -> Inbound:
-        message_id = parsed.message_id if parsed else message_id_of(raw)  # a quarantined message keeps its id
+    def _record(self, session, spool_id, envelope, prepared: _Prepared) -> Inbound:
+        message_id, parsed, digest = prepared.message_id, prepared.parsed, prepared.digest
         inbound = Inbound(
             spool_id=spool_id, message_id=message_id, dedupe_key=refs.dedupe_key(message_id, digest),
             source=envelope.source, envelope_sender=envelope.sender,
             envelope_recipients=",".join(envelope.recipients),
             from_address=parsed.from_address if parsed else None,
             received_at=datetime.fromisoformat(envelope.received_at), sha256=digest,
-            raw_path=str(self.app.blobs.path(digest)), size=len(raw), outcome="quarantined",
+            raw_path=str(self.app.blobs.path(digest)), size=len(prepared.raw), outcome="quarantined",
             attempts=envelope.attempts + 1,
         )
         session.add(inbound)
@@ -254,10 +287,21 @@ class Pipeline:
 
 
 def _try_parse(raw: bytes, limits: Limits) -> tuple[ParsedMessage | None, str | None]:
+    failpoints.hit("parse", raw)  # "a library bug next year" (the budget tests)
     try:
         return parse(raw, limits), None
     except UnparseableMessage as e:
+        if isinstance(e.__cause__, MemoryError):
+            raise e.__cause__ from None  # the budget's, not the message's: the runner decides
         return None, str(e) if str(e).startswith("limit:") else f"unparseable: {e}"
+
+
+def _reprocessable(inbound: Inbound | None, inbound_id: int) -> Inbound:
+    if inbound is None:
+        raise LookupError(f"no inbound message {inbound_id}")
+    if inbound.outcome in ("ticket_created", "comment_added", "duplicate"):
+        raise ValueError(f"inbound message {inbound_id} is {inbound.outcome}; nothing to reprocess")
+    return inbound
 
 
 def _claim_dedupe_key(session: Session, inbound: Inbound) -> Inbound | None:

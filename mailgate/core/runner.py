@@ -13,6 +13,11 @@ catch-all around processing; `Spool.settle` is the one place that applies it:
                                                                quarantined (kept, listed,
                                                                reprocessable) → DONE
     in hand at MAX_DEATHS deaths of its worker process      → quarantined unparsed → DONE
+    over its budget (MemoryError here; out of time: the     → quarantined unparsed at once → DONE,
+      pool or `deliver` stopped its process, `over_budget`)    but → ALONE when other messages were
+                                                               worked beside it (it may have been
+                                                               their fault): next time it is
+                                                               worked alone
     not even the quarantine could be recorded               → LEAVE (the orphan scan retries)
 
 So one bad message never blocks the ones behind it, and none is silently dropped.
@@ -40,8 +45,8 @@ from mailgate.errors import first_line, is_transient
 log = logging.getLogger("mailgate.runner")
 
 ORPHAN_SCAN_SECONDS = 60
-# A message in hand when its worker process died this often is quarantined unparsed (only with
-# [processing] processes > 1, where the daemon sees a worker die; see mailgate.serve.workers).
+# A message in hand when its worker process died this often is quarantined unparsed (with
+# worker processes, where the daemon sees a worker die; see mailgate.serve.workers).
 MAX_DEATHS = 3
 # A reply whose ticket is not found while older mail is still in the spool waits for it at
 # most this many times (each until the next pass over the spool, a second at most when idle).
@@ -92,23 +97,37 @@ class Runner:
 
     # --- one message (blocking) ----------------------------------------------------------
 
-    def handle(self, claim: Claim, may_defer: bool = False) -> Handled:
+    def handle(self, claim: Claim, may_defer: bool = False,
+               in_company: Callable[[], bool] = lambda: False) -> Handled:
         """Decide what becomes of CLAIM; never raises. MAY_DEFER lets a reply whose ticket is
-        not found yet wait for older spooled mail (the daemon's loop; the pipe path has none)."""
+        not found yet wait for older spooled mail (the daemon's loop; the pipe path has none).
+        IN_COMPANY tells, afterwards, whether other messages were worked beside it."""
         if claim.envelope.deaths >= MAX_DEATHS:
             # Not parsed again: parsing may be what kills the process.
             return self._quarantine(claim, f"a processing worker process died {claim.envelope.deaths} times "
-                                           "with this message in hand", parse=False)
+                                           "with this message in hand")
         try:
             result = self.pipeline.process(claim.spool_id, claim.envelope, claim.raw,
                                            self._older_first(claim) if may_defer else None)
         except Deferred:
             return Handled(Disposition.DEFER)
+        except MemoryError:
+            return self.over_budget(claim, "over the processing budget: out of memory", in_company())
         except Exception as e:
             if is_transient(e):
                 return Handled(Disposition.WAIT, error=first_line(e))
             return self._failed(claim, e)
         return Handled(Disposition.DONE, result)
+
+    def over_budget(self, claim: Claim, why: str, in_company: bool = False) -> Handled:
+        """CLAIM blew its budget (WHY). Worked beside other messages, the budget may have been
+        eaten by them: back, to be worked alone. Alone, it is quarantined at once, unparsed —
+        parsing may be what blows it."""
+        if in_company and not claim.envelope.alone:
+            log.warning("spool_id=%s %s beside other messages; it is worked alone next", claim.spool_id, why)
+            return Handled(Disposition.ALONE, error=why)
+        log.error("spool_id=%s %s; quarantined", claim.spool_id, why)
+        return self._quarantine(claim, why)
 
     def _older_first(self, claim: Claim) -> Callable[[], bool]:
         return lambda: claim.envelope.deferrals < MAX_DEFERRALS and self.spool.has_older(claim.spool_id)
@@ -123,9 +142,9 @@ class Runner:
         claim.envelope.attempts = attempts
         return self._quarantine(claim, text)
 
-    def _quarantine(self, claim: Claim, text: str, parse: bool = True) -> Handled:
+    def _quarantine(self, claim: Claim, text: str) -> Handled:
         try:
-            result = self.pipeline.quarantine(claim.spool_id, claim.envelope, claim.raw, text, parse)
+            result = self.pipeline.quarantine(claim.spool_id, claim.envelope, claim.raw, text)
         except Exception as e:
             if is_transient(e):
                 return Handled(Disposition.WAIT, error=first_line(e))
@@ -185,10 +204,10 @@ class Runner:
             claim = await run_blocking(self.spool.claim, spool_id)
             if claim is None:
                 continue
-            async with self._isolation.slot(alone=claim.envelope.deaths > 0):
+            async with self._isolation.slot(alone=claim.envelope.alone) as slot:
                 with self._claimed(spool_id):
                     try:
-                        handled = await self._handle_waiting_out_outages(claim, stopping)
+                        handled = await self._handle_waiting_out_outages(claim, stopping, slot)
                     except asyncio.CancelledError:
                         await run_blocking(self.spool.settle, claim, Disposition.WAIT)
                         raise
@@ -207,11 +226,11 @@ class Runner:
             if self.on_claim:
                 self.on_claim(spool_id, False)
 
-    async def _handle_waiting_out_outages(self, claim: Claim, stopping: asyncio.Event) -> Handled:
+    async def _handle_waiting_out_outages(self, claim: Claim, stopping: asyncio.Event, slot: "_Slot") -> Handled:
         """Handle CLAIM, keeping it through a database outage — but not through a shutdown:
         then it goes back uncounted (WAIT) for the next start."""
         while True:
-            handled = await run_blocking(self.handle, claim, True)
+            handled = await run_blocking(self.handle, claim, True, lambda: slot.shared)
             if handled.disposition is not Disposition.WAIT:
                 self._outage.recovered("database reachable again after {seconds:.0f}s; processing resumed")
                 return handled
@@ -236,33 +255,43 @@ class Runner:
                 self.wake.set()
 
 
+class _Slot:
+    """One message's turn; SHARED once another message was worked beside it."""
+
+    shared = False
+
+
 class _Isolation:
-    """A message that was in hand when a worker process died is processed alone in its process:
-    if it kills the process again, it takes no innocent neighbour along (which would otherwise
-    collect deaths too, claimed next to it time after time). Other messages wait meanwhile."""
+    """A message that was in hand when a worker process died, or that overran its budget beside
+    other messages, is processed alone in its process: if it kills the process (or eats the
+    budget) again, it takes no innocent neighbour along (which would otherwise collect deaths
+    too, claimed next to it time after time). Other messages wait meanwhile."""
 
     def __init__(self):
         self._changed = asyncio.Condition()
-        self._running = 0
+        self._running: set[_Slot] = set()
         self._alone = False
         self._waiting_alone = 0
 
     @contextlib.asynccontextmanager
     async def slot(self, alone: bool):
+        slot = _Slot()
         async with self._changed:
             if alone:
                 self._waiting_alone += 1
-                await self._changed.wait_for(lambda: not self._alone and self._running == 0)
+                await self._changed.wait_for(lambda: not self._alone and not self._running)
                 self._waiting_alone -= 1
                 self._alone = True
             else:
                 await self._changed.wait_for(lambda: not self._alone and not self._waiting_alone)
-            self._running += 1
+            for other in self._running:
+                other.shared = slot.shared = True
+            self._running.add(slot)
         try:
-            yield
+            yield slot
         finally:
             async with self._changed:
-                self._running -= 1
+                self._running.discard(slot)
                 if alone:
                     self._alone = False
                 self._changed.notify_all()

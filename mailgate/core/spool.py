@@ -14,7 +14,9 @@ acknowledged. What becomes of a claimed message is one `Disposition`, applied by
 the only place that moves or removes a claimed file. A file in cur/ that nobody holds a lock
 on belongs to a runner that died: `recover` settles it as RETRY (Mailman's .bak files), and
 the worker pool settles the message its dead worker held as DIED; after a few deaths the
-runner quarantines it unparsed (mailgate.core.runner).
+runner quarantines it unparsed (mailgate.core.runner). A message whose worker the pool killed
+for overrunning the processing budget is taken from cur/ by the pool (`take_orphan`) and
+decided by the runner like any other.
 
 Each file holds one JSON line (the envelope and its counters) followed by the raw bytes.
 """
@@ -50,11 +52,13 @@ class Disposition(enum.Enum):
     RETRY = "retry"  # processing failed: back into new/, one attempt counted
     DEFER = "defer"  # older mail must go first: back into new/, one deferral counted
     DIED = "died"  # the worker process holding it died: back into new/, one death counted
+    ALONE = "alone"  # it overran its budget next to other messages: back, to be worked alone next
     WAIT = "wait"  # not now, through no fault of its own (database away, shutdown): back, uncounted
     LEAVE = "leave"  # not even its failure could be recorded: left in cur/ for the orphan scan
 
 
-_COUNTERS = {Disposition.RETRY: "attempts", Disposition.DEFER: "deferrals", Disposition.DIED: "deaths"}
+_COUNTERS = {Disposition.RETRY: "attempts", Disposition.DEFER: "deferrals", Disposition.DIED: "deaths",
+             Disposition.ALONE: "overruns"}
 
 
 @dataclass
@@ -66,6 +70,13 @@ class Envelope:
     attempts: int = 0  # failed processing attempts
     deaths: int = 0  # worker processes that died with this message in hand
     deferrals: int = 0  # times it was put back to let older mail go first
+    overruns: int = 0  # times it overran its budget while other messages were worked beside it
+
+    @property
+    def alone(self) -> bool:
+        """Whether it must be worked with no other message beside it in its process: it was in
+        hand when a worker died, or overran a budget that a neighbour may have eaten."""
+        return self.deaths > 0 or self.overruns > 0
 
 
 @dataclass
@@ -214,27 +225,31 @@ class Spool:
                 pass
         return sum(self._recover(name, min_age, now, Disposition.RETRY) for name in _listdir(self.cur))
 
-    def note_death(self, spool_id: str) -> bool:
-        """The worker process that held SPOOL_ID died: settle it as DIED (False when it is not
-        orphaned in cur/, e.g. it was finished after all)."""
-        return self._recover(spool_id, 0, time.time(), Disposition.DIED)
+    def note_death(self, spool_id: str, disposition: Disposition = Disposition.DIED) -> bool:
+        """The worker process that held SPOOL_ID died: settle it as DIED (or DISPOSITION);
+        False when it is not orphaned in cur/, e.g. it was finished after all."""
+        return self._recover(spool_id, 0, time.time(), disposition)
 
-    def _recover(self, name: str, min_age: float, now: float, disposition: Disposition) -> bool:
-        path = self.cur / name
+    def take_orphan(self, spool_id: str, min_age: float = 0, now: float | None = None) -> Claim | None:
+        """Claim SPOOL_ID where it lies in cur/, when nobody holds it (its runner died)."""
+        path = self.cur / spool_id
         try:
             f = open(path, "rb")
         except FileNotFoundError:
-            return False
+            return None
         try:
-            if now - os.fstat(f.fileno()).st_ctime < min_age:
+            if (now or time.time()) - os.fstat(f.fileno()).st_ctime < min_age:
                 raise _Busy()
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError: a live runner holds it
             if not _same_file(f, path):
                 raise _Busy()  # settled or recovered by someone else meanwhile
         except (OSError, _Busy):
             f.close()
-            return False
-        claim = self._read_claim(name, path, f)
+            return None
+        return self._read_claim(spool_id, path, f)
+
+    def _recover(self, name: str, min_age: float, now: float, disposition: Disposition) -> bool:
+        claim = self.take_orphan(name, min_age, now)
         if claim is None:
             return False
         self.settle(claim, disposition)

@@ -27,6 +27,12 @@ def referenced_ticket(session: Session, signer: Signer, key_prefix: str, parsed:
     return None
 
 
+def may_answer_a_ticket(parsed: ParsedMessage, key_prefix: str) -> bool:
+    """Whether PARSED names a ticket at all (a key or a thread reference): only such a message
+    can become a comment, so only its quoted history is worth stripping."""
+    return bool(parsed.in_reply_to or parsed.references or refs.keys_in_subject(parsed.subject, key_prefix))
+
+
 def _references(session: Session, signer: Signer, key_prefix: str, parsed: ParsedMessage) -> Iterator[Ticket]:
     for key in refs.keys_in_subject(parsed.subject, key_prefix):
         if ticket := service.find_ticket(session, key):

@@ -1,12 +1,16 @@
-"""`mailgate serve`, the composition root: the listeners, the runner, the sender, the mailboxes
-and the timers on one event loop (processing in worker processes instead with `[processing]
-processes`, see mailgate.serve.workers).
+"""`mailgate serve`, the composition root: the listeners, the worker pool, the sender, the
+mailboxes and the timers on one event loop. Processing runs in worker processes under the
+budget of every message (mailgate.serve.workers); `[processing] processes = 0` runs it in the
+daemon instead, without a budget (for tests and debugging only).
 
 Startup prepares the state directory and schema, binds the listeners, says what it listens
 on, and tells systemd READY=1 (then pings its watchdog from the loop, so a blocked loop is
 noticed). SIGTERM or SIGINT: STOPPING=1, new connections get 421, the message being handed
-over is finished, the runner and the sender finish what they hold, exit 0 — all within
-bounds. SIGHUP: reload the config file (what can change without a restart) and the templates.
+over is finished, the workers and the sender finish what they hold, exit 0 — all within
+bounds that add up to less than the unit's TimeoutStopSec (45 s): the listeners and the
+mailboxes stop together (≤ 10 s), processing and sending get SHUTDOWN_GRACE_SECONDS from the
+start of the stop, a worker that is still busy is killed, and no child outlives the daemon.
+SIGHUP: reload the config file (what can change without a restart) and the templates.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ from mailgate.serve.workers import WorkerPool
 log = logging.getLogger("mailgate.daemon")
 
 SMTP_GRACE_SECONDS = 10  # a message being handed over when SIGTERM comes is finished within this
-SHUTDOWN_GRACE_SECONDS = 20
 IMAP_STOP_SECONDS = 10  # an IDLE notices `stopping` within a second; a fetch may take longer
+SHUTDOWN_GRACE_SECONDS = 20  # processing and sending, from SIGTERM on (a worker: STOP_SECONDS)
 
 
 class Daemon:
@@ -38,7 +42,7 @@ class Daemon:
         self.app = app
         self.stopping = asyncio.Event()
         processes = app.config.processing.processes
-        self.pool = WorkerPool(app, processes) if processes > 1 else None
+        self.pool = WorkerPool(app, processes) if processes > 0 else None
         self.processing = self.pool or Runner(app).warm_up()
         self.sender = Sender(app)
         app.on_outbound_queued = self.sender.wake_threadsafe  # mail queued → sent now, not at the next poll
@@ -59,19 +63,28 @@ class Daemon:
         await self.stopping.wait()
         sdnotify.notify("STOPPING=1", "STATUS=stopping")
         log.info("stopping: new connections get 421; finishing what is in hand")
-        await self._stop_listeners()
+        deadline = asyncio.get_running_loop().time() + SHUTDOWN_GRACE_SECONDS
         for task in background:
             task.cancel()
-        await self.mailboxes.stop(IMAP_STOP_SECONDS)
+        await asyncio.gather(self._stop_listeners(), self.mailboxes.stop(IMAP_STOP_SECONDS))
         await self.app.oauth.stop()
-        for name, task in tasks.items():
-            try:
-                await asyncio.wait_for(task, SHUTDOWN_GRACE_SECONDS)
-            except asyncio.TimeoutError:
-                log.warning("%s did not finish within %ds; it resumes at the next start", name, SHUTDOWN_GRACE_SECONDS)
+        await self._finish(tasks, deadline)
         self.app.db.dispose()
         log.info("stopped")
         return 0
+
+    async def _finish(self, tasks: dict[str, asyncio.Task], deadline: float) -> None:
+        """Let processing and sending finish until DEADLINE; cancel what has not (it resumes
+        at the next start), and leave no worker process behind."""
+        timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+        _done, pending = await asyncio.wait(tasks.values(), timeout=timeout)
+        for name, task in tasks.items():
+            if task in pending:
+                log.warning("%s did not finish within %ds; it resumes at the next start", name, SHUTDOWN_GRACE_SECONDS)
+                task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if self.pool is not None:
+            self.pool.kill_all()
 
     def reload(self) -> None:
         """SIGHUP: the config that can change without a restart, and the templates — here

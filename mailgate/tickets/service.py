@@ -11,7 +11,6 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from mailgate.blobs import BlobStore
 from mailgate.mail import refs
 from mailgate.mail.parse import ParsedAttachment
 from mailgate.models import Attachment, Comment, Contact, Counter, Subscription, ThreadMessage, Ticket
@@ -108,12 +107,13 @@ def is_close_confirmation(first_line: str, close_phrases) -> bool:
 
 
 def store_attachments(
-    session: Session, blobs: BlobStore, ticket: Ticket, attachments: list[ParsedAttachment],
+    session: Session, ticket: Ticket, attachments: list[ParsedAttachment], digests: list[str],
     comment: Comment | None = None,
 ) -> list[Attachment]:
+    """Attachment rows for ATTACHMENTS, whose contents are already in the blob store under
+    DIGESTS (written before the transaction: slow work stays outside it)."""
     rows = []
-    for a in attachments:
-        digest = blobs.put(a.data)
+    for a, digest in zip(attachments, digests, strict=True):
         row = Attachment(
             ticket_id=ticket.id, comment_id=comment.id if comment else None, filename=a.filename,
             content_type=a.content_type, size=len(a.data), sha256=digest, inline=a.inline,

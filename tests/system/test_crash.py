@@ -4,17 +4,24 @@ nothing. Real daemons, real SIGKILLs, through the failpoints of mailgate/failpoi
 from __future__ import annotations
 
 import json
+import os
 import signal
 import smtplib
+import subprocess
+import sys
 import time
 
 import pytest
 
-from tests.support import SUPPORT, add_customer, cli_json, crlf, make_message, spool_files, wait_for
+from tests.support import (
+    SUPPORT, add_customer, alive, children_of, cli_json, crlf, make_message, spool_files, wait_for,
+)
 
 KILL_BEFORE_COMMIT = {"MAILGATE_FAILPOINTS": "before_commit=kill"}
 KILL_AFTER_COMMIT = {"MAILGATE_FAILPOINTS": "after_commit=kill"}
 POISON = {"MAILGATE_FAILPOINTS": "pipeline=raise:POISON"}
+# The failpoints that kill "the process" kill the daemon itself only when it processes in-house.
+IN_DAEMON = {"processing": {"processes": 0}}
 EMPTY = {"tmp": [], "new": [], "cur": []}
 
 
@@ -55,10 +62,10 @@ def wait_until_done(cli, state, n_inbound: int) -> list[dict]:
     return wait_for(settled, message=f"an empty spool and {n_inbound} inbound record(s)")
 
 
-def test_killed_before_commit_the_message_is_processed_once_after_restart(daemon, cli, tmp_path):
+def test_killed_before_commit_the_message_is_processed_once_after_restart(daemon, cli, make_config, tmp_path):
     add_customer(cli)
     state = tmp_path / "state"
-    d = daemon(env=KILL_BEFORE_COMMIT)
+    d = daemon(make_config("in-daemon.toml", **IN_DAEMON), env=KILL_BEFORE_COMMIT)
     smtp_accepts(d.smtp_port, make_message(subject="Survives a crash"))
     wait_until_killed(d)
     files = spool_files(state)
@@ -74,10 +81,10 @@ def test_killed_before_commit_the_message_is_processed_once_after_restart(daemon
     assert len(inbox(cli)) == 1 and len(tickets(cli)) == 1
 
 
-def test_killed_after_commit_the_message_is_not_processed_twice(daemon, cli, tmp_path):
+def test_killed_after_commit_the_message_is_not_processed_twice(daemon, cli, make_config, tmp_path):
     add_customer(cli)
     state = tmp_path / "state"
-    d = daemon(env=KILL_AFTER_COMMIT)
+    d = daemon(make_config("in-daemon.toml", **IN_DAEMON), env=KILL_AFTER_COMMIT)
     smtp_accepts(d.smtp_port, make_message(subject="Committed, then killed"))
     wait_until_killed(d)
     assert len(spool_files(state)["cur"]) == 1  # committed, but not yet taken off the spool
@@ -140,14 +147,31 @@ def test_poison_through_deliver_is_quarantined_and_exits_0(cli, cli_process, mak
     assert spool_files(tmp_path / "state") == EMPTY
 
 
-def test_message_left_by_a_killed_deliver_is_recovered_once(daemon, cli, cli_process, tmp_path):
-    add_customer(cli)
-    state = tmp_path / "state"
-    p = cli_process("deliver", "--sender", "alice@acme.example", "--recipient", SUPPORT,
-                    stdin=make_message(subject="Piped, then killed"), env=KILL_BEFORE_COMMIT)
-    assert p.returncode == -signal.SIGKILL
+def _deliver_killed_while(cli_process_args, state, env, condition, message):
+    """Start `mailgate deliver` (which works the message in a child under the budget), wait for
+    CONDITION, then SIGKILL the deliver process itself, as an MTA's timeout or the OOM killer
+    would: its child goes with it (it dies with its parent) and the message stays in cur/."""
+    proc = subprocess.Popen(cli_process_args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, **env})
+    proc.stdin.write(message)
+    proc.stdin.close()
+    child = wait_for(lambda: (kids := children_of(proc.pid)) and kids[0], message="deliver's processing child")
+    wait_for(condition, message="the child at work")
+    proc.kill()
+    proc.wait()
+    wait_for(lambda: not alive(child), message="the child to die with deliver")
     files = spool_files(state)
     assert len(files["cur"]) == 1 and files["new"] == []
+
+
+def test_message_left_by_a_killed_deliver_is_recovered_once(daemon, cli, config_path, tmp_path):
+    add_customer(cli)
+    state = tmp_path / "state"
+    hang = {"MAILGATE_FAILPOINTS": "parse=hang"}
+    args = [sys.executable, "-m", "mailgate", "--config", str(config_path), "deliver",
+            "--sender", "alice@acme.example", "--recipient", SUPPORT]
+    _deliver_killed_while(args, state, hang, lambda: len(spool_files(state)["cur"]) == 1,
+                          make_message(subject="Piped, then killed"))
     assert inbox(cli) == []
 
     d = daemon()
@@ -158,15 +182,15 @@ def test_message_left_by_a_killed_deliver_is_recovered_once(daemon, cli, cli_pro
     assert len(inbox(cli)) == 1 and [t["summary"] for t in tickets(cli)] == ["Piped, then killed"]
 
 
-def test_deliver_killed_after_commit_then_retried_by_the_mta(daemon, cli, cli_process, tmp_path):
+def test_deliver_killed_after_commit_then_retried_by_the_mta(daemon, cli, cli_process, config_path, tmp_path):
     """The MTA saw no exit 0, so it delivers again: a duplicate naming the ticket; the copy the
     killed process left in the spool is recognised as done (by spool id), not processed again."""
     add_customer(cli)
     state = tmp_path / "state"
     raw = make_message(subject="Committed by pipe", message_id="<pipe-once@acme.example>")
-    p = cli_process("deliver", "--sender", "alice@acme.example", "--recipient", SUPPORT, stdin=raw, env=KILL_AFTER_COMMIT)
-    assert p.returncode == -signal.SIGKILL
-    assert len(spool_files(state)["cur"]) == 1
+    args = [sys.executable, "-m", "mailgate", "--config", str(config_path), "deliver",
+            "--sender", "alice@acme.example", "--recipient", SUPPORT]
+    _deliver_killed_while(args, state, {"MAILGATE_FAILPOINTS": "after_commit=hang"}, lambda: inbox(cli), raw)
 
     p = cli_process("deliver", "--sender", "alice@acme.example", "--recipient", SUPPORT, "--json", stdin=raw)
     assert p.returncode == 0, p.stderr
@@ -229,7 +253,7 @@ def test_deaths_alone_never_quarantine_a_message(daemon, cli, make_config, tmp_p
     caused, and a message that got 250 must end as a ticket (tests/system/test_kill.py)."""
     add_customer(cli)
     state = tmp_path / "state"
-    config = make_config("killed.toml", processing={"max_attempts": 2})
+    config = make_config("killed.toml", processing={"max_attempts": 2, "processes": 0})
     killer = {"MAILGATE_FAILPOINTS": "before_commit=kill:UNLUCKY"}
     d = daemon(config, env=killer)
     smtp_accepts(d.smtp_port, make_message(subject="UNLUCKY timing", message_id="<unlucky@acme.example>"))

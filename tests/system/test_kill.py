@@ -75,7 +75,7 @@ class Client(threading.Thread):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("processes", [1, 2], ids=["in-daemon", "worker-processes"])
+@pytest.mark.parametrize("processes", [0, 2], ids=["in-daemon", "worker-processes"])
 def test_sigkill_under_load_loses_and_duplicates_nothing(make_config, cli, processes):
     port = _free_port()
     config = make_config("kill.toml", smtp={"port": port}, processing={"threads": 2, "processes": processes},

@@ -49,8 +49,9 @@ def _outbox_files(app: App) -> list[Path]:
     return sorted(new.iterdir()) if new.is_dir() else []
 
 
-def test_a_crash_before_commit_leaves_neither_ticket_nor_notification(app, daemon):
-    crashing = daemon(env={"MAILGATE_FAILPOINTS": "before_commit=kill"})
+def test_a_crash_before_commit_leaves_neither_ticket_nor_notification(app, daemon, make_config):
+    in_daemon = make_config("in-daemon.toml", processing={"processes": 0})  # the kill takes the daemon
+    crashing = daemon(in_daemon, env={"MAILGATE_FAILPOINTS": "before_commit=kill"})
     assert send(crashing.smtp_port, make_message(subject="Printer on fire")) == {}  # 250: it is in the spool
     wait_for(lambda: crashing.proc.poll() is not None, message="the daemon killing itself before commit")
     assert (_count(app, Ticket), _count(app, Outbound), _count(app, Inbound)) == (0, 0, 0)

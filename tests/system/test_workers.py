@@ -7,38 +7,14 @@ from __future__ import annotations
 import os
 import signal
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.support import add_customer, cli_json, make_message, send, wait_for
+from tests.support import add_customer, alive as _alive, children_of as _children, cli_json, make_message, send, wait_for
 
 pytestmark = pytest.mark.slow
 
 TWO_WORKERS = {"processing": {"processes": 2}}
-
-
-def _children(pid: int) -> list[int]:
-    """The PIDs whose parent is PID (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # gone meanwhile
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
-    return sorted(found)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _workers(d, count: int = 2) -> list[int]:

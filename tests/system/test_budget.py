@@ -1,0 +1,153 @@
+"""The budget of every message (SPEC §4.2, issue 13): a real `mailgate serve` with its default
+worker process, and `mailgate deliver`, against "a library bug next year" — the `hang`
+failpoint (a regular expression that never ends, holding the GIL) and the `hog` failpoint
+(memory without end). The message is quarantined within seconds with its record and its
+Message-ID, the mail behind it goes through, and no process is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import (
+    SUPPORT, add_customer, alive, children_of, cli_json, make_message, send, wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+BUDGET = {"processing": {"budget_seconds": 1.0}}
+
+
+def _failpoints(*items: str) -> dict:
+    return {"MAILGATE_FAILPOINTS": ",".join(items)}
+
+
+def _inbound(cli, message_id: str) -> dict | None:
+    return next((r for r in cli_json(cli, "inbox", "list") if r["message_id"] == message_id), None)
+
+
+def _ticket_for(cli, subject: str) -> dict | None:
+    return next((t for t in cli_json(cli, "ticket", "list") if t["summary"] == subject), None)
+
+
+def _one_worker(d) -> int:
+    return wait_for(lambda: len(kids := children_of(d.proc.pid)) == 1 and kids[0], message="the worker")
+
+
+def test_a_message_that_hangs_its_worker_is_quarantined_and_the_next_mail_goes_through(make_config, daemon, cli):
+    add_customer(cli)
+    d = daemon(make_config(**BUDGET), env=_failpoints("parse=hang:HANGS"))
+    first = _one_worker(d)
+    started = time.monotonic()
+    assert send(d.smtp_port, make_message(subject="HANGS", message_id="<hangs@acme.example>")) == {}
+    assert send(d.smtp_port, make_message(subject="Right behind it", message_id="<behind@acme.example>")) == {}
+    record = wait_for(lambda: _inbound(cli, "<hangs@acme.example>"), timeout=20, message="the hanging message recorded")
+    assert record["outcome"] == "quarantined"
+    assert record["error"] == "over the processing budget: more than 1 CPU seconds"
+    wait_for(lambda: _ticket_for(cli, "Right behind it"), timeout=20, message="the next mail a ticket")
+    assert time.monotonic() - started < 30, d.output()  # mostly starting a new worker (imports)
+    assert first not in children_of(d.proc.pid) and not alive(first)  # killed, and replaced
+    assert d.output().count("over the processing budget") >= 1
+    assert "attempt 1 of" not in d.output()  # quarantined at once, not retried
+    assert d.stop() == 0
+
+
+def test_a_message_that_eats_memory_is_quarantined_at_once(make_config, daemon, cli):
+    add_customer(cli)
+    d = daemon(make_config(), env=_failpoints("parse=hog:HOGS"))
+    worker = _one_worker(d)
+    assert send(d.smtp_port, make_message(subject="HOGS", message_id="<hogs@acme.example>")) == {}
+    record = wait_for(lambda: _inbound(cli, "<hogs@acme.example>"), timeout=20, message="the hog recorded")
+    assert (record["outcome"], record["error"]) == ("quarantined", "over the processing budget: out of memory")
+    assert send(d.smtp_port, make_message(subject="After the hog", message_id="<after@acme.example>")) == {}
+    wait_for(lambda: _ticket_for(cli, "After the hog"), timeout=20, message="the next mail a ticket")
+    assert children_of(d.proc.pid) == [worker]  # the worker survived its MemoryError
+    assert "attempt 1 of" not in d.output()
+    assert d.stop() == 0
+
+
+@pytest.mark.parametrize("failpoint, error", [
+    ("parse=hang", "over the processing budget: more than 1 CPU seconds"),
+    ("parse=hog", "over the processing budget: out of memory"),
+])
+def test_deliver_holds_each_message_to_the_budget(make_config, cli, failpoint, error):
+    add_customer(cli)
+    config = make_config("budget.toml", **BUDGET)
+    started = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "mailgate", "--config", str(config), "deliver", "--json",
+                        "--sender", "alice@acme.example", "--recipient", SUPPORT],
+                       input=make_message(message_id="<piped@acme.example>"), capture_output=True, timeout=60,
+                       env={**os.environ, **_failpoints(failpoint)})
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == {"outcome": "quarantined", "ticket": None}
+    assert time.monotonic() - started < 30
+    record = _inbound(cli, "<piped@acme.example>")
+    assert (record["outcome"], record["error"]) == ("quarantined", error)
+
+
+def test_workers_run_the_installed_package_not_one_in_the_current_directory(make_config, daemon, cli, tmp_path):
+    """A `mailgate` package in the working directory (the service's is its state directory)
+    must not be what the workers import."""
+    add_customer(cli)
+    trap = tmp_path / "cwd"
+    (trap / "mailgate" / "serve").mkdir(parents=True)
+    for init in (trap / "mailgate" / "__init__.py", trap / "mailgate" / "serve" / "__init__.py"):
+        init.write_text("raise SystemExit('imported mailgate from the current directory')\n")
+    (trap / "mailgate" / "serve" / "workers.py").write_text("raise SystemExit('the wrong workers')\n")
+    entry = Path(sys.executable).parent / "mailgate"  # the console script: no cwd on sys.path
+    proc = subprocess.Popen([str(entry), "--config", str(make_config()), "serve"], cwd=trap,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_port(proc)
+        port = int(next(line for line in proc.lines if "SMTP on" in line).rsplit(":", 1)[1])
+        assert send(port, make_message(subject="From the right code")) == {}
+        wait_for(lambda: _ticket_for(cli, "From the right code"), timeout=30, message="a ticket")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0]
+    assert "current directory" not in out and "wrong workers" not in out, out
+
+
+def _wait_for_port(proc) -> None:
+    proc.lines = []
+
+    def announced():
+        line = proc.stdout.readline()
+        proc.lines.append(line)
+        return "SMTP on" in line or proc.poll() is not None
+
+    wait_for(announced, timeout=30, message="the listener")
+    assert proc.poll() is None, "".join(proc.lines)
+
+
+def test_a_stuck_worker_ends_with_the_daemon(make_config, daemon, cli):
+    """Stuck in C (no budget to stop it here), it reads no EOF and handles no SIGTERM: SIGTERM
+    still ends the daemon within its bounds with no child left; SIGKILL of the daemon ends it
+    too (it dies with its parent)."""
+    add_customer(cli)
+    config = make_config(processing={"budget_seconds": 600.0})
+    for stop in ("term", "kill"):
+        d = daemon(config, env=_failpoints("parse=hang:STUCK"))
+        worker = _one_worker(d)
+        assert send(d.smtp_port, make_message(subject="STUCK", message_id=f"<stuck-{stop}@acme.example>")) == {}
+        wait_for(lambda: _cpu(worker) > 0.5, timeout=20, message="the worker stuck")
+        started = time.monotonic()
+        if stop == "term":
+            assert d.stop(timeout=40) == 0
+            assert time.monotonic() - started < 30  # the bounds add up below TimeoutStopSec (45 s)
+        else:
+            d.kill()
+        wait_for(lambda: not alive(worker), timeout=10, message="the stuck worker gone")
+
+
+def _cpu(pid: int) -> float:
+    from mailgate.core.budget import cpu_seconds
+
+    return cpu_seconds(pid) or 0.0
