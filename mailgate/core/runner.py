@@ -83,10 +83,13 @@ class Runner:
     def warm_up(self) -> "Runner":
         """Do at start what the first message would otherwise do inside its transaction (which,
         on SQLite, holds the write lock): import the parsing and notification modules, load the
-        secret, compile the templates and run the email package's header machinery once."""
-        from mailgate.notify.render import Headers
+        secret, compile the templates, read the public suffix list and run the email package's
+        header machinery once."""
+        from mailgate.mail import domains
         from mailgate.models import utcnow
+        from mailgate.notify.render import Headers
 
+        domains.organisational("warm-up.example.co.uk")  # builds the public suffix trie
         renderer = self.app.renderer
         renderer.warm_up()
         renderer.mail("unknown_sender_notice", ("en",), {"address": "warm-up@example.com"},

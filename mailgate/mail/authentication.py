@@ -2,9 +2,14 @@
 
 Only `Authentication-Results` headers of the configured authserv-id — the operator's own MTA,
 which removes forged ones at the border — are believed; the authres package parses them.
-A message passes with DMARC pass for its From domain, or a DKIM pass whose signing domain
-(header.d) is aligned with the From domain (relaxed alignment: the same domain, or one a
-subdomain of the other).
+A message passes with DMARC pass for its From domain — the result must name it (`header.from`);
+one that names no domain proves nothing —, or a DKIM pass whose signing domain (header.d) is
+aligned with the From domain: relaxed alignment, the same organisational domain (the public
+suffix list, mailgate.mail.domains), so a signature of a public suffix (co.uk, github.io) or
+of another organisation under one never counts.
+
+`failed` tells whether those results show the sender failing (DMARC or SPF fail): such mail
+gets no notice from us (mailgate.rules.notice).
 """
 
 from __future__ import annotations
@@ -14,20 +19,32 @@ from email.message import Message
 
 import authres
 
+from mailgate.mail import domains
+
 log = logging.getLogger(__name__)
 
 
 def authenticated(headers: Message, from_address: str | None, trusted_authserv_id: str) -> bool:
     if not from_address or "@" not in from_address:
         return False
-    domain = from_address.rpartition("@")[2].lower()
+    domain = domains.normal(from_address.rpartition("@")[2])
+    return any(_passes(r, domain) for r in _trusted_results(headers, trusted_authserv_id))
+
+
+def failed(headers: Message, trusted_authserv_id: str) -> bool:
+    """Whether the trusted MTA saw the sender fail DMARC or SPF."""
+    return any(r.result == "fail" and r.method in ("dmarc", "spf") for r in _trusted_results(headers, trusted_authserv_id))
+
+
+def _trusted_results(headers: Message, trusted_authserv_id: str) -> list:
+    if not trusted_authserv_id:
+        return []
+    found = []
     for value in headers.get_all("Authentication-Results") or []:
         results = _parse(str(value))
-        if results is None or (results.authserv_id or "").lower() != trusted_authserv_id.lower():
-            continue
-        if any(_passes(r, domain) for r in results.results):
-            return True
-    return False
+        if results is not None and (results.authserv_id or "").lower() == trusted_authserv_id.lower():
+            found.extend(results.results)
+    return found
 
 
 def _parse(value: str):
@@ -42,10 +59,10 @@ def _passes(result, from_domain: str) -> bool:
         return False
     if result.method == "dmarc":
         header_from = _property(result, "header", "from")
-        return header_from is None or _aligned(header_from, from_domain)
+        return header_from is not None and domains.normal(header_from) == from_domain
     if result.method == "dkim":
         signer = _property(result, "header", "d")
-        return signer is not None and _aligned(signer, from_domain)
+        return signer is not None and domains.same_organisation(signer, from_domain)
     return False
 
 
@@ -55,6 +72,3 @@ def _property(result, ptype: str, name: str) -> str | None:
             return str(p.value).lower().strip()
     return None
 
-
-def _aligned(a: str, b: str) -> bool:
-    return a == b or a.endswith("." + b) or b.endswith("." + a)

@@ -41,6 +41,48 @@ def test_authentication_results(strict, results, outcome):
     assert code == 0 and json.loads(out)["outcome"] == outcome
 
 
+@pytest.mark.parametrize("sender, results, outcome", [
+    # DMARC must name the From domain it passed for
+    ("alice@acme.example", f"{TRUSTED}; dmarc=pass (p=reject)", "rejected_unauthenticated"),
+    ("alice@acme.example", f"{TRUSTED}; dmarc=pass header.from=mail.acme.example", "rejected_unauthenticated"),
+    ("alice@acme.example", f"{TRUSTED}; dmarc=pass header.from=ACME.example", "ticket_created"),
+    # a DKIM signature of a public suffix, or of another organisation under one, is not aligned
+    ("alice@acme.example", f"{TRUSTED}; dkim=pass header.d=example", "rejected_unauthenticated"),
+    ("carol@shop.co.uk", f"{TRUSTED}; dkim=pass header.d=co.uk", "rejected_unauthenticated"),
+    ("carol@shop.co.uk", f"{TRUSTED}; dkim=pass header.d=mail.shop.co.uk", "ticket_created"),
+    ("carol@shop.co.uk", f"{TRUSTED}; dkim=pass header.d=other.co.uk", "rejected_unauthenticated"),
+    ("bob@acme.github.io", f"{TRUSTED}; dkim=pass header.d=github.io", "rejected_unauthenticated"),
+    ("bob@acme.github.io", f"{TRUSTED}; dkim=pass header.d=mallory.github.io", "rejected_unauthenticated"),
+    ("bob@acme.github.io", f"{TRUSTED}; dkim=pass header.d=acme.github.io", "ticket_created"),
+    ("dora@x.city.kawasaki.jp", f"{TRUSTED}; dkim=pass header.d=kawasaki.jp", "rejected_unauthenticated"),
+    ("dora@x.city.kawasaki.jp", f"{TRUSTED}; dkim=pass header.d=city.kawasaki.jp", "ticket_created"),
+])
+def test_alignment_by_organisational_domain(strict, sender, results, outcome):
+    """Relaxed alignment is the same organisational domain, from the public suffix list."""
+    if sender != "alice@acme.example":
+        assert strict("contact", "add", sender, "--name", "Someone", "--org", "Acme")[0] == 0
+    raw = make_message(sender=sender, extra_headers={"Authentication-Results": results})
+    code, out, _ = strict("deliver", "--json", stdin=raw)
+    assert code == 0 and json.loads(out)["outcome"] == outcome
+
+
+def test_the_public_suffix_list_needs_no_network():
+    """The list ships with the package: asking works with every socket refused."""
+    import socket
+
+    from mailgate.mail import domains
+
+    domains.organisational.cache_clear()
+    domains._extract.cache_clear()
+    real = socket.socket.connect
+    socket.socket.connect = lambda *a, **k: (_ for _ in ()).throw(OSError("no network in this test"))
+    try:
+        assert domains.organisational("a.b.shop.co.uk") == "shop.co.uk"
+        assert domains.organisational("co.uk") is None
+    finally:
+        socket.socket.connect = real
+
+
 def test_off_by_default(cli):
     cli("org", "add", "Acme")
     cli("contact", "add", "alice@acme.example", "--name", "Alice", "--org", "Acme")
