@@ -110,6 +110,7 @@ class PolicyConfig:
     require_authenticated_sender: bool = False
     trusted_authserv_id: str = ""
     max_new_tickets_per_sender_per_hour: int = 20
+    max_notices_per_hour: int = 20  # unknown-sender notices in all, from every instance; 0: none
 
 
 @dataclass(frozen=True)

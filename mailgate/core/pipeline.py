@@ -35,7 +35,7 @@ from mailgate.mail import quotes, refs, subjects
 from mailgate.mail.addresses import is_support_address
 from mailgate.mail.parse import Limits, ParsedMessage, UnparseableMessage, message_id_of, parse
 from mailgate.models import Contact, Inbound, Seen, Ticket, utcnow
-from mailgate.rules import bounce, machine, reference, sender
+from mailgate.rules import bounce, machine, notice, reference, sender
 from mailgate.tickets import service
 from mailgate.tickets.events import Event
 
@@ -185,8 +185,10 @@ class Pipeline:
             return _Decision("ignored_auto", error=f"machine mail: {why}{note}")
         contact = sender.active_contact(session, parsed.from_address)
         if contact is None:
-            notice = Event("unknown_sender_notice", None, data={"address": parsed.from_address})
-            return _Decision("rejected_unknown_sender", events=[notice] if parsed.from_address else [])
+            if why := notice.why_not(cfg.policy, parsed, envelope.sender):
+                return _Decision("rejected_unknown_sender", error=why)
+            tell = Event("unknown_sender_notice", None, data={"address": parsed.from_address})
+            return _Decision("rejected_unknown_sender", events=[tell])
         if sender.unauthenticated(cfg.policy, parsed):
             return _Decision("rejected_unauthenticated", error="no DMARC or aligned DKIM pass from the trusted MTA")
         ticket = reference.referenced_ticket(session, self.app.signer, cfg.tickets.key_prefix, parsed, contact)

@@ -4,6 +4,7 @@
     bounce.py      is it a bounce of our own notification?                  §4.3
     sender.py      is the sender an active, authenticated contact within    §4.4
                    the rate limit?
+    notice.py      may an unknown sender be told how to get access?        §4.4
     reference.py   which ticket does it answer, and may the sender see it?  §4.5–4.6
 
 `mailgate.core.pipeline` asks them in order; none of them writes anything but bounce.py
