@@ -199,7 +199,16 @@ def cmd_outbox_list(app: App, args) -> int:
 
     return _listing(app, args, Outbound, shapes.outbound, lambda r: (
         f"{r['id']:>6} {r['status']:<8} {r['attempts']:>2} {r['ticket'] or '-':<10} {r['event']:<22} "
-        f"{r['to']}{_note(r['last_error'])}"))
+        f"{r['to']}{_due(r['next_attempt_at'])}{_note(r['last_error'])}"))
+
+
+def _due(when: str | None) -> str:
+    """When a queued row goes out, if that is not now (held back, or waiting for a retry)."""
+    from datetime import datetime
+
+    from mailgate.models import utcnow
+
+    return f" (due {when[:19]})" if when and datetime.fromisoformat(when) > utcnow() else ""
 
 
 def cmd_outbox_flush(app: App, args) -> int:

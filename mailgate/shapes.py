@@ -95,5 +95,6 @@ def inbound(i: Inbound, names: Names) -> dict:
 def outbound(o: Outbound, names: Names) -> dict:
     return {
         "id": o.id, "ticket": names.ticket(o.ticket_id), "event": o.event, "to": o.recipient,
-        "subject": o.subject, "status": o.status, "attempts": o.attempts, "last_error": o.last_error,
+        "subject": o.subject, "status": o.status, "attempts": o.attempts,
+        "next_attempt_at": iso(o.next_attempt_at) if o.status == "queued" else None, "last_error": o.last_error,
     }

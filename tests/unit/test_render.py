@@ -36,7 +36,8 @@ EXPECTED_HEADERS = {
 
 
 def _app(make_config, name="mailgate.toml", **sections) -> App:
-    app = App(config_module.load(make_config(name, **sections))).prepare()
+    # processed in this process (no child under the budget), so caplog sees what it logs
+    app = App(config_module.load(make_config(name, processing={"processes": 0}, **sections))).prepare()
     world.build(app, seed_tickets=False)
     return app
 
