@@ -40,6 +40,9 @@ class SmtpConfig:
     port: int = 8025
     lmtp: bool = False
     max_message_size: int = 26214400
+    max_recipients: int = 100  # per message; more RCPTs get 452 4.5.3
+    max_sessions: int = 100  # connections at once; more get 421 4.7.0 and are closed
+    max_bytes_in_flight: int = 52428800  # message bodies being received at once, all sessions together
     tls_cert: str = ""
     tls_key: str = ""
     hostname: str = ""  # name in the greeting; empty: the machine's name
@@ -355,6 +358,10 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{key}: {port} is not a port number")
     if config.smtp.max_message_size < 1024:
         raise ConfigError("smtp.max_message_size: must be at least 1024 bytes")
+    if min(config.smtp.max_recipients, config.smtp.max_sessions) < 1:
+        raise ConfigError("smtp: max_recipients and max_sessions must be at least 1")
+    if config.smtp.max_bytes_in_flight < config.smtp.max_message_size:
+        raise ConfigError("smtp.max_bytes_in_flight: must be at least smtp.max_message_size")
     if not config.tickets.support_addresses:
         raise ConfigError("tickets.support_addresses: at least one address is needed")
     for address in (*config.tickets.support_addresses, config.outbound.from_address):

@@ -1,10 +1,17 @@
 """The SMTP and LMTP listener (SPEC §3.1), on aiosmtpd.
 
 The handler refuses during the dialog what it can — recipients that are not support
-addresses (550 5.1.1), messages over the size limit (552 5.3.4, advertised with SIZE) — and
-answers 250 to DATA only once the raw message is fsynced in the spool; when the spool cannot
-take it, 451 4.3.0 and the client keeps the message. In LMTP mode DATA gets one reply per
-accepted recipient, as an LMTP client (Postfix's lmtp: transport) expects.
+addresses (550 5.1.1), more than `smtp.max_recipients` (452 4.5.3), messages over the size
+limit (552 5.3.4, advertised with SIZE) — and answers 250 to DATA only once the raw message is
+fsynced in the spool; when the spool cannot take it, 451 4.3.0 and the client keeps the
+message. In LMTP mode DATA gets one reply per accepted recipient, as an LMTP client (Postfix's
+lmtp: transport) expects.
+
+What the listener holds is bounded whatever clients do: at most `smtp.max_sessions`
+connections (more get 421 at once), and at most `smtp.max_bytes_in_flight` bytes of message
+bodies being received by all sessions together — a body that would go over it is cut off
+(421, connection closed, nothing acknowledged), so many slow near-maximum uploads cannot add
+up to more memory than that.
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ ACCEPTED = "250 2.0.0 Message accepted"
 SPOOL_FAILED = "451 4.3.0 Cannot store the message now; try again later"
 TOO_BIG = "552 5.3.4 Message exceeds the maximum size"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+TOO_MANY_SESSIONS = "421 4.7.0 Too many connections, try again later"
+TOO_MUCH_IN_FLIGHT = "421 4.3.2 Too much mail in transit, try again later"
 
 
 class InboundHandler:
@@ -43,6 +53,8 @@ class InboundHandler:
         # Read at use: a SIGHUP may have changed the support addresses.
         if not is_support_address(address, self.app.config.support_addresses):
             return f"550 5.1.1 <{address}>: no such support address"
+        if len(envelope.rcpt_tos) >= self.app.config.smtp.max_recipients:
+            return TOO_MANY_RECIPIENTS
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
@@ -64,14 +76,71 @@ class InboundHandler:
         return ACCEPTED
 
 
+class InFlight:
+    """The bytes of message bodies all sessions are receiving at once (`smtp.max_bytes_in_flight`)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.bytes = 0
+
+    def take(self, n: int) -> bool:
+        if self.bytes + n > self.limit:
+            return False
+        self.bytes += n
+        return True
+
+    def give_back(self, n: int) -> None:
+        self.bytes -= n
+
+
+class _CountingReader:
+    """The session's stream reader during DATA, counting what it hands aiosmtpd against the
+    listener's InFlight; past the limit the connection is cut (aiosmtpd treats it as lost)."""
+
+    def __init__(self, reader, session):
+        self._reader, self._session, self.taken = reader, session, 0
+
+    async def readuntil(self, separator=b"\n"):
+        return self._count(await self._reader.readuntil(separator))
+
+    async def read(self, n=-1):
+        return self._count(await self._reader.read(n))
+
+    def __getattr__(self, name):
+        return getattr(self._reader, name)
+
+    def _count(self, data: bytes) -> bytes:
+        if not self._session.in_flight.take(len(data)):
+            log.warning("%d bytes of bodies in transit (smtp.max_bytes_in_flight): a message cut off, "
+                        "its client will try again", self._session.in_flight.bytes)
+            self._session.transport.write(f"{TOO_MUCH_IN_FLIGHT}\r\n".encode())
+            self._session.transport.close()
+            raise ConnectionResetError("smtp.max_bytes_in_flight")
+        self.taken += len(data)
+        return data
+
+
 class _EnhancedReplies:
-    """aiosmtpd's own size replies lack the enhanced status code of SPEC §3.1; and the
-    listener needs to know its open sessions to shut down gracefully."""
+    """aiosmtpd's own size replies lack the enhanced status code of SPEC §3.1; the listener
+    needs to know its open sessions to shut down gracefully; and the bodies being received
+    are counted against the listener's InFlight."""
 
     # RFC 5321 allows 1000 characters a line, but real mailers send longer HTML lines and
     # MTAs pass them on; refusing them would lose mail. 1 MiB bounds memory per line.
     line_length_limit = 1024 * 1024
     sessions: set | None = None  # the listener's set of open sessions
+    in_flight: InFlight | None = None  # the listener's count of body bytes in transit
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        if self.in_flight is None:
+            return await super().smtp_DATA(arg)
+        reader = self._reader = _CountingReader(self._reader, self)
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._reader = reader._reader
+            self.in_flight.give_back(reader.taken)  # spooled (or refused) by now: not held any more
 
     def connection_made(self, transport):
         super().connection_made(transport)
@@ -134,11 +203,15 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
     return context
 
 
-class _ShuttingDown(asyncio.Protocol):
-    """What a connection made after SIGTERM gets: 421, then the door."""
+class _Refuse(asyncio.Protocol):
+    """What a connection made after SIGTERM, or beyond `smtp.max_sessions`, gets: 421, then
+    the door."""
+
+    def __init__(self, reply: str):
+        self.reply = reply
 
     def connection_made(self, transport) -> None:
-        transport.write(f"{SHUTTING_DOWN}\r\n".encode())
+        transport.write(f"{self.reply}\r\n".encode())
         transport.close()
 
 
@@ -150,6 +223,7 @@ class Listener:
         self.app = app
         self.on_spooled = on_spooled
         self.sessions: set = set()
+        self.in_flight = InFlight(app.config.smtp.max_bytes_in_flight)
         self.closing = False
         self.server: asyncio.AbstractServer | None = None
 
@@ -158,9 +232,12 @@ class Listener:
 
         def connection():
             if self.closing:
-                return _ShuttingDown()
+                return _Refuse(SHUTTING_DOWN)
+            if len(self.sessions) >= self.app.config.smtp.max_sessions:
+                log.warning("%d SMTP sessions open (smtp.max_sessions): a connection refused", len(self.sessions))
+                return _Refuse(TOO_MANY_SESSIONS)
             protocol = factory()
-            protocol.sessions = self.sessions
+            protocol.sessions, protocol.in_flight = self.sessions, self.in_flight
             return protocol
 
         cfg = self.app.config.smtp

@@ -1,0 +1,96 @@
+"""Limits at the door (issue 13): recipients per message, connections at once, and the bytes of
+bodies in transit — through the real listener (a Daemon in this process, over loopback)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+from mailgate import config as config_module
+from mailgate.app import App
+from tests.inprocess import running_daemon, smtp_port
+from tests.support import LineClient, make_message, wait_for
+
+
+@pytest.fixture
+def listening(make_config):
+    @contextlib.contextmanager
+    def start(**smtp):
+        path = make_config("limits.toml", smtp=smtp, processing={"processes": 0})
+        app = App(config_module.load(path)).prepare()
+        try:
+            with running_daemon(app) as daemon:
+                yield daemon
+        finally:
+            app.close()
+
+    return start
+
+
+def _client(port: int) -> LineClient:
+    client = LineClient(port)
+    assert client.reply()[0] == 220
+    assert client.command("EHLO client.example")[0] == 250
+    return client
+
+
+def test_at_most_max_recipients_per_message(listening):
+    with listening(max_recipients=100) as daemon, _client(smtp_port(daemon)) as client:
+        assert client.command("MAIL FROM:<alice@acme.example>")[0] == 250
+        codes = [client.command(f"RCPT TO:<support+{n}@example.com>")[0] for n in range(101)]
+        assert codes == [250] * 100 + [452]
+        assert client.command("RCPT TO:<support@example.com>")[1] == ["452 4.5.3 Too many recipients"]
+        assert client.command("DATA")[0] == 354
+        client.send_data(make_message())
+        assert client.reply()[0] == 250  # the first hundred still get it
+
+
+def test_at_most_max_sessions_at_once(listening):
+    with listening(max_sessions=5) as daemon:
+        port = smtp_port(daemon)
+        open_ = [_client(port) for _ in range(5)]
+        refused = LineClient(port)
+        assert refused.reply() == (421, ["421 4.7.0 Too many connections, try again later"])
+        refused.close()
+        open_.pop().close()
+        wait_for(lambda: len(daemon.listener.sessions) == 4, message="the session closed")
+        with _client(port):  # room again
+            pass
+        for client in open_:
+            client.close()
+
+
+def test_bodies_in_transit_are_bounded(listening):
+    """Three slow uploads of 900 KB with room for 2 MiB: the third is cut off before it makes
+    the listener hold more; the two others are accepted, and mail flows on afterwards."""
+    mib = 1024 * 1024
+    with listening(max_message_size=mib, max_bytes_in_flight=2 * mib) as daemon:
+        port = smtp_port(daemon)
+        body = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 900  # ~900 KB, not yet ended
+
+        def upload() -> LineClient:
+            client = _client(port)
+            assert client.command("MAIL FROM:<alice@acme.example>")[0] == 250
+            assert client.command("RCPT TO:<support@example.com>")[0] == 250
+            assert client.command("DATA")[0] == 354
+            client.sock.sendall(body)
+            return client
+
+        first, second = upload(), upload()
+        wait_for(lambda: daemon.listener.in_flight.bytes >= 2 * len(body) - 4096, message="both bodies received")
+        third = upload()
+        assert third.reply() == (421, ["421 4.3.2 Too much mail in transit, try again later"])
+        with pytest.raises(ConnectionError):
+            third.reply()
+        for client in (first, second):
+            client.sock.sendall(b".\r\n")
+            assert client.reply()[0] == 250
+            client.close()
+        wait_for(lambda: daemon.listener.in_flight.bytes == 0, message="the bodies let go once spooled")
+        with _client(port) as client:
+            assert client.command("MAIL FROM:<alice@acme.example>")[0] == 250
+            assert client.command("RCPT TO:<support@example.com>")[0] == 250
+            assert client.command("DATA")[0] == 354
+            client.send_data(make_message())
+            assert client.reply()[0] == 250
