@@ -132,7 +132,7 @@ class _EnhancedReplies:
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
 
-    async def _read_body(self) -> bytes | str | None:
+    async def _read_body(self) -> bytearray | str | None:
         """The dot-unstuffed body up to the lone dot; a reply text when it is too big or has a
         line too long; None when the connection was cut (too much in flight)."""
         body, refusal, limit = bytearray(), None, self.data_size_limit
@@ -154,7 +154,7 @@ class _EnhancedReplies:
                 body.clear()  # drain without keeping
                 continue
             body += line[1:] if line.startswith(b".") else line
-        return refusal or bytes(body)
+        return refusal or body  # the buffer itself: a copy would double a big message in memory
 
     def _cut_off(self) -> None:
         log.warning("%d bytes of bodies in transit (smtp.max_bytes_in_flight): a message cut off, "
