@@ -21,6 +21,7 @@ import signal
 
 from mailgate.app import App
 from mailgate.core.aio import wait_any
+from mailgate.core.budget import release_memory_promptly
 from mailgate.core.runner import Runner
 from mailgate.db import run_blocking
 from mailgate.errors import first_line
@@ -163,6 +164,7 @@ def _announce(text: str) -> None:
 
 
 def serve(app: App) -> int:
+    release_memory_promptly()  # what a big message took goes back once it is spooled
     app.prepare()
     return asyncio.run(_serve(Daemon(app)))
 

@@ -46,7 +46,7 @@ import tenacity
 from mailgate import config as config_module
 from mailgate.app import App, configure_logging
 from mailgate.core.aio import wait_any, wait_seconds
-from mailgate.core.budget import Budget, cpu_seconds, die_with_parent, limit_memory
+from mailgate.core.budget import Budget, cpu_seconds, die_with_parent, limit_memory, release_memory_promptly
 from mailgate.core.runner import MAX_DEATHS, Runner
 from mailgate.core.spool import Disposition
 from mailgate.db import run_blocking
@@ -289,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config")
     args = parser.parse_args(argv)
     die_with_parent()  # also while stuck in C code, where the EOF of stdin is never read
+    release_memory_promptly()
     config = config_module.load(args.config) if args.config else config_module.Config()
     configure_logging(config)
     reports = _Reports(sys.stdout.fileno())
