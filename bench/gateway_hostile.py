@@ -50,7 +50,7 @@ def campaign(db: str, scales: list[int]) -> dict:
     from mailgate.mail.headers import message_id_of
 
     cases = []
-    env_points = "parse=hang:FAILPOINT-HANG,parse=hog:FAILPOINT-HOG"
+    env_points = "pipeline=hang:FAILPOINT-HANG,parse=hog:FAILPOINT-HOG"  # one action per point
     with common.temp_dir("hostile") as workdir, common.database(db, workdir, "hostile") as url:
         config = common.write_config(workdir, url, log_level="INFO",
                                      extra={"outbound": {"max_per_recipient_per_hour": 6}})
