@@ -157,7 +157,7 @@ def test_the_poller_survives_a_dovecot_restart(dovecot, daemon, make_config, cli
     dovecot.append(make_message(subject="During the outage"))  # there before the poller is back
     wait_for(lambda: connected(d), timeout=60, message="the poller to reconnect")
     dovecot.append(make_message(subject="After the restart"))
-    wait_for(lambda: len(summaries(cli)) == 3, timeout=15, message="the tickets after the restart")
+    wait_for(lambda: len(summaries(cli)) == 3, timeout=30, message="the tickets after the restart")
 
     assert sorted(summaries(cli)) == ["After the restart", "Before the restart", "During the outage"]
     wait_for(lambda: dovecot.count("INBOX") == 0 and dovecot.count("Processed") == 3, message="the moves")
