@@ -32,11 +32,9 @@ def configure_logging(config: Config) -> None:
 
 
 class App:
-    def __init__(self, config: Config, metrics=None, on_outbound_queued: Callable[[], None] | None = None):
+    def __init__(self, config: Config, on_outbound_queued: Callable[[], None] | None = None):
         self.config = config
-        # Where processing reports its figures: the /metrics registry, or (in a worker
-        # process) a pipe to the daemon that keeps the registry.
-        self._metrics = metrics
+        self._metrics = None
         # Called, from any thread, after a transaction that queued outbound mail commits: the
         # daemon's sender sets it to wake itself instead of waiting for its next poll.
         self.on_outbound_queued = on_outbound_queued

@@ -15,7 +15,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlmodel import select
 
-from mailgate import __version__, config as config_module, contacts, shapes
+from mailgate import __version__, config as config_module, contacts, shapes, terminal
 from mailgate.app import App, configure_logging
 from mailgate.config import ConfigError
 from mailgate.errors import first_line, is_transient
@@ -33,6 +33,18 @@ class CliError(Exception):
         self.code = code
 
 
+class UsageError(Exception):
+    """The command line does not parse (exit 64, or 75 for `deliver`)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is an exception instead of exit 2 (SPEC §9 says 64, and
+    `deliver` must answer 75 so that a typo in an MTA's command line defers mail)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
 # --- commands ------------------------------------------------------------------------------
 
 
@@ -45,7 +57,11 @@ def cmd_serve(app: App, args) -> int:
 def cmd_deliver(app: App, args) -> int:
     from mailgate.ingest import pipe
 
-    raw = sys.stdin.buffer.read()
+    limit = app.config.smtp.max_message_size
+    raw = pipe.read_message(sys.stdin.buffer, limit)
+    if raw is None:
+        _error(f"5.3.4 message too big: over smtp.max_message_size ({limit} bytes)")
+        return pipe.EX_DATAERR
     try:
         app.prepare()
     except (OSError, sa.exc.OperationalError) as e:
@@ -67,6 +83,28 @@ def cmd_org_add(app: App, args) -> int:
     return 0
 
 
+def cmd_org_list(app: App, args) -> int:
+    with _session(app) as s:
+        rows = contacts.organisation_rows(s)
+    return _show_rows(args, rows, lambda r: f"{r['name']:<30} {r['region'] or '-':<10} {r['contacts']:>6} contacts")
+
+
+def cmd_org_set(app: App, args) -> int:
+    if args.region is None:
+        raise CliError("nothing to set: give --region REGION (or --region \"\" for none)", EX_USAGE)
+    with _session(app) as s:
+        org = contacts.set_region(s, args.name, args.region)
+    print(terminal.line(f"organisation {org.name}: region {org.region or '(none)'}"))
+    return 0
+
+
+def cmd_contact_list(app: App, args) -> int:
+    with _session(app) as s:
+        rows = contacts.contact_rows(s, args.org)
+    return _show_rows(args, rows, lambda r: (f"{r['email']:<36} {r['language']} {'active ' if r['active'] else 'disabled'} "
+                                             f"{r['organisation']:<20} {r['name']}"))
+
+
 def cmd_contact_add(app: App, args) -> int:
     with _session(app) as s:
         c = contacts.add_contact(s, args.email, args.name, args.org, args.language)
@@ -86,12 +124,32 @@ def cmd_contact_import(app: App, args) -> int:
     if not path.is_file():
         raise CliError(f"{path}: no such file")
     with _session(app) as s:
-        report = contacts.import_contacts(s, path, progress=lambda n: print(f"... {n} lines", file=sys.stderr))
+        report = contacts.import_contacts(s, path, create_orgs=args.create_orgs, progress=_import_progress)
+    if report.encoding or report.delimiter:
+        print(f"read {path.name} as {report.encoding}, delimiter {report.delimiter!r}", file=sys.stderr)
     print(f"created {len(report.created)}, updated {len(report.updated)}, "
           f"unchanged {len(report.unchanged)}, rejected {len(report.rejected)}")
+    for state in ("created", "updated"):
+        if lines := getattr(report, state):
+            print(f"{state}: lines {_ranges(lines)}")
     for line, reason in report.rejected:
-        print(f"line {line}: rejected: {reason}")
+        print(terminal.line(f"line {line}: rejected: {reason}"))
     return 0
+
+
+def _import_progress(rows: int) -> None:
+    print(f"... {rows} rows", file=sys.stderr, flush=True)
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[2, 3, 4, 7] → "2-4, 7"."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def cmd_ticket_list(app: App, args) -> int:
@@ -114,9 +172,10 @@ def cmd_ticket_show(app: App, args) -> int:
 def cmd_ticket_comment(app: App, args) -> int:
     from mailgate.tickets import actions
 
+    agent = _agent(app, args.agent)
     with _session(app) as s:
         ticket = _ticket(s, args.key)
-        _rules(actions.comment, s, app, ticket, args.agent, args.body, args.internal)
+        _rules(actions.comment, s, app, ticket, agent, args.body, args.internal)
     print(f"{ticket.key}: {'internal note' if args.internal else 'comment'} added")
     return 0
 
@@ -126,11 +185,24 @@ def cmd_ticket_set(app: App, args) -> int:
 
     if not (args.status or args.type or args.priority):
         raise CliError("nothing to set: give --status, --type or --priority", EX_USAGE)
+    agent = _agent(app, args.agent) if args.agent is not None else None
     with _session(app) as s:
         ticket = _ticket(s, args.key)
-        _rules(actions.set_fields, s, app, ticket, status=args.status, type=args.type, priority=args.priority)
+        _rules(actions.set_fields, s, app, ticket, status=args.status, type=args.type, priority=args.priority,
+               agent=agent)
     print(f"{ticket.key}: type {ticket.type}, status {ticket.status}, priority {ticket.priority or '-'}")
     return 0
+
+
+def _agent(app: App, name: str) -> str:
+    """NAME, when it names an agent of [[agents]] (any name when none are configured)."""
+    name = name.strip()
+    if not name:
+        raise CliError("--agent: an agent name is needed", EX_USAGE)
+    known = [a.name for a in app.config.agents]
+    if known and name not in known:
+        raise CliError(f"unknown agent {name!r}; [[agents]] has: {', '.join(known)}")
+    return name
 
 
 def cmd_lifecycle_run(app: App, args) -> int:
@@ -198,17 +270,24 @@ def cmd_outbox_list(app: App, args) -> int:
     from mailgate.models import Outbound
 
     return _listing(app, args, Outbound, shapes.outbound, lambda r: (
-        f"{r['id']:>6} {r['status']:<8} {r['attempts']:>2} {r['ticket'] or '-':<10} {r['event']:<22} "
-        f"{r['to']}{_due(r['next_attempt_at'])}{_note(r['last_error'])}"))
+        f"{r['id']:>6} {r['status']:<8} {r['attempts']:>2} {(r['next_attempt_at'] or '-')[:19]:<19} "
+        f"{r['ticket'] or '-':<10} {r['event']:<22} {r['to']}{_note(r['last_error'])}"))
 
 
-def _due(when: str | None) -> str:
-    """When a queued row goes out, if that is not now (held back, or waiting for a retry)."""
-    from datetime import datetime
-
+def cmd_outbox_retry(app: App, args) -> int:
     from mailgate.models import utcnow
+    from mailgate.outbound import claims
 
-    return f" (due {when[:19]})" if when and datetime.fromisoformat(when) > utcnow() else ""
+    if (args.id is None) == (not args.all):
+        raise CliError("give one outbound ID or --all", EX_USAGE)
+    app.prepare()
+    try:
+        count = claims.make_due(app.db, utcnow(), None if args.all else args.id)
+    except claims.NotRetryable as e:
+        raise CliError(str(e)) from None
+    print(f"{count} outbound message{'s' if count != 1 else ''} due now" if args.all else
+          f"outbound {args.id}: due now")
+    return 0
 
 
 def cmd_outbox_flush(app: App, args) -> int:
@@ -264,8 +343,41 @@ def _oauth_account(app: App, name: str):
     return found[name]
 
 
+def cmd_explain(app: App, args) -> int:
+    from mailgate.core.pipeline import Pipeline
+    from mailgate.core.spool import Envelope
+
+    path = Path(args.file)
+    limit = app.config.smtp.max_message_size
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)
+    except FileNotFoundError:
+        raise CliError(f"{path}: no such file") from None
+    if len(raw) > limit:
+        raise CliError(f"{path}: over smtp.max_message_size ({limit} bytes); every inbound path refuses it (552 5.3.4)")
+    app.prepare()
+    envelope = Envelope(sender=args.sender, recipients=[app.config.tickets.support_addresses[0]], source="explain")
+    explained = Pipeline(app).explain(raw, envelope)
+    if args.json:
+        _print_json(explained)
+        return 0
+    print(terminal.line(f"outcome: {explained['outcome']}" + (f" {explained['ticket']}" if explained["ticket"] else "")))
+    if explained["comment_of"]:
+        print(terminal.line(f"a comment on {explained['comment_of']}"))
+    for reason in explained["reasons"]:
+        print(terminal.line(f"  because: {reason}"))
+    for n in explained["notifications"]:
+        print(terminal.line(f"  would mail {n['to']}: {n['event']}"))
+    print("(nothing was written)")
+    return 0
+
+
 def cmd_check_config(app: App, args) -> int:
     cfg = app.config
+    for key, path in (("storage.state_dir", cfg.state_dir), ("storage.attachments_dir", cfg.attachments_dir)):
+        if problem := _unusable_directory(path):
+            raise CliError(f"config: {key}: {problem}", EX_CONFIG)
     print(f"config ok: {cfg.source or 'embedded defaults'}")
     print(f"  database: {cfg.database_url.split('@')[-1]}")
     print(f"  state: {cfg.state_dir}")
@@ -281,6 +393,19 @@ def cmd_check_config(app: App, args) -> int:
     if cfg.operations.alert_address:
         print(f"  operator alerts: {cfg.operations.alert_address}")
     return 0
+
+
+def _unusable_directory(path: Path) -> str | None:
+    """Why mailgate could not keep files in PATH (created when missing), or None."""
+    import tempfile
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".check-config-"):
+            pass
+    except OSError as e:
+        return f"{path}: cannot {'create' if not path.is_dir() else 'write'} it: {e.strerror or e}"
+    return None
 
 
 def cmd_db_upgrade(app: App, args) -> int:
@@ -315,11 +440,16 @@ def _listing(app: App, args, model, view, line) -> int:
     with _session(app) as s:
         names = shapes.Names(s)
         rows = [view(row, names) for row in s.exec(select(model).order_by(model.id))]
+    return _show_rows(args, rows, line)
+
+
+def _show_rows(args, rows: list[dict], line) -> int:
+    """ROWS as JSON (--json), else one terminal-safe line each."""
     if args.json:
         _print_json(rows)
     else:
         for r in rows:
-            print(line(r))
+            print(terminal.line(line(r)))
     return 0
 
 
@@ -342,32 +472,34 @@ def _print_json(value) -> None:
 
 
 def _print_ticket(d: dict) -> None:
-    print(f"{d['key']}  {d['summary']}")
-    print(f"  type {d['type']}, status {d['status']}, priority {d['priority'] or '-'}")
-    print(f"  creator {d['creator']} ({d['organisation']}), created {d['created_at']}")
+    """A ticket for a person: every value from mail passes terminal.line or terminal.block."""
+    line = terminal.line
+    print(line(f"{d['key']}  {d['summary']}"))
+    print(line(f"  type {d['type']}, status {d['status']}, priority {d['priority'] or '-'}"))
+    print(line(f"  creator {d['creator']} ({d['organisation']}), created {d['created_at']}"))
     if d["follow_up_of"]:
-        print(f"  follow-up of {d['follow_up_of']}")
+        print(line(f"  follow-up of {d['follow_up_of']}"))
     print()
-    print(d["description"])
+    print(terminal.block(d["description"]))
     for a in d["attachments"]:
-        print(f"  [attachment] {a['filename']} ({a['content_type']}, {a['size']} bytes{', inline' if a['inline'] else ''})")
+        print(line(f"  [attachment] {a['filename']} ({a['content_type']}, {a['size']} bytes{', inline' if a['inline'] else ''})"))
     for c in d["comments"]:
         print()
-        print(f"--- {c['author']} at {c['created_at']}{' (internal)' if c['internal'] else ''}")
-        print(c["body"])
+        print(line(f"--- {c['author']} at {c['created_at']}{' (internal)' if c['internal'] else ''}"))
+        print(terminal.block(c["body"]))
         for a in c["attachments"]:
-            print(f"  [attachment] {a['filename']} ({a['content_type']}, {a['size']} bytes)")
+            print(line(f"  [attachment] {a['filename']} ({a['content_type']}, {a['size']} bytes)"))
 
 
 def _error(message: str) -> None:
-    print(f"mailgate: error: {message}", file=sys.stderr)
+    print(f"mailgate: error: {terminal.line(message)}", file=sys.stderr)
 
 
 # --- argument parsing ----------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mailgate", description="The e-mail gateway of a service desk.")
+    p = _Parser(prog="mailgate", description="The e-mail gateway of a service desk.")
     p.add_argument("--config", metavar="PATH", help=f"config file (default: ${config_module.ENV_VAR}, else embedded defaults)")
     p.add_argument("--version", action="version", version=f"mailgate {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -378,13 +510,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--sender", help='envelope sender ("" for the null sender)')
     d.add_argument("--recipient", help="envelope recipient")
     d.add_argument("--json", action="store_true")
-    d.set_defaults(func=cmd_deliver, tempfail_on_config_error=True)
+    d.set_defaults(func=cmd_deliver)
 
     org = sub.add_parser("org", help="organisations").add_subparsers(dest="sub", required=True, metavar="ACTION")
     a = org.add_parser("add", help="add an organisation")
     a.add_argument("name")
     a.add_argument("--region")
     a.set_defaults(func=cmd_org_add)
+    a = org.add_parser("list", help="list organisations, their regions and how many contacts each has")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_org_list)
+    a = org.add_parser("set", help="change an organisation (its region)")
+    a.add_argument("name")
+    a.add_argument("--region", help='the region whose agents see its confidential tickets; "" for none')
+    a.set_defaults(func=cmd_org_set)
 
     contact = sub.add_parser("contact", help="contacts").add_subparsers(dest="sub", required=True, metavar="ACTION")
     a = contact.add_parser("add", help="add a contact")
@@ -393,11 +532,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--org", required=True)
     a.add_argument("--language", default="en", choices=contacts.LANGUAGES)
     a.set_defaults(func=cmd_contact_add)
+    a = contact.add_parser("list", help="list contacts")
+    a.add_argument("--org", help="only this organisation's")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_contact_list)
     a = contact.add_parser("disable", help="disable a contact")
     a.add_argument("email")
     a.set_defaults(func=cmd_contact_disable)
-    a = contact.add_parser("import", help="create or update contacts from CSV")
+    a = contact.add_parser("import", help="create or update contacts from CSV (email,name,organisation,language[,active])")
     a.add_argument("file")
+    a.add_argument("--create-orgs", action="store_true", help="create organisations the file names (else such rows are rejected)")
     a.set_defaults(func=cmd_contact_import)
 
     ticket = sub.add_parser("ticket", help="tickets").add_subparsers(dest="sub", required=True, metavar="ACTION")
@@ -446,6 +590,10 @@ def build_parser() -> argparse.ArgumentParser:
     a = outbox.add_parser("list", help="list outbound messages and their delivery state")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_outbox_list)
+    a = outbox.add_parser("retry", help="make deferred mail due now (a failed one: queued again, with a fresh age)")
+    a.add_argument("id", type=int, nargs="?")
+    a.add_argument("--all", action="store_true", help="every queued message")
+    a.set_defaults(func=cmd_outbox_retry)
     a = outbox.add_parser("flush", help="send what is due now, then exit")
     a.set_defaults(func=cmd_outbox_flush)
 
@@ -457,6 +605,11 @@ def build_parser() -> argparse.ArgumentParser:
     a = oauth.add_parser("status", help="each OAuth2 account: token, expiry, last refresh, last error")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_oauth_status)
+    a = sub.add_parser("explain", help="what processing would do with a message; writes nothing")
+    a.add_argument("file", metavar="FILE.eml")
+    a.add_argument("--sender", help='envelope sender ("" for the null sender)')
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_explain)
 
     sub.add_parser("check-config", help="check the config file").set_defaults(func=cmd_check_config)
     db = sub.add_parser("db", help="database").add_subparsers(dest="sub", required=True, metavar="ACTION")
@@ -465,12 +618,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if _command_of(argv) != "deliver":
+        return _run(argv)
+    # `deliver` answers an MTA: anything but a stored message or a clear refusal is 75, so
+    # the MTA keeps the mail and tries again — a usage error, a bad config, a bug included.
+    try:
+        code = _run(argv, deliver=True)
+    except SystemExit as e:  # --help, --version: the message was not taken
+        code = e.code if isinstance(e.code, int) and e.code else EX_TEMPFAIL
+    except BaseException as e:  # noqa: BLE001 - the MTA must hear 75, never a traceback
+        _error(f"cannot take the message now: {first_line(e, with_type=True)}")
+        return EX_TEMPFAIL
+    return code if code in (0, 65, 67) else EX_TEMPFAIL
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The command word of ARGV (after the global options), without parsing it."""
+    words = iter(argv)
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def _run(argv: list[str], deliver: bool = False) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        _error(str(e))
+        return EX_TEMPFAIL if deliver else EX_USAGE
     try:
         cfg = config_module.load(args.config)
     except ConfigError as e:
         _error(f"config: {e}")
-        return EX_TEMPFAIL if getattr(args, "tempfail_on_config_error", False) else EX_CONFIG
+        return EX_TEMPFAIL if deliver else EX_CONFIG
     configure_logging(cfg)
     app = App(cfg)
     try:

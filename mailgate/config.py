@@ -343,8 +343,14 @@ def _coerce(key: str, hint, value):
     else:  # pragma: no cover - a field type this loader does not know
         raise TypeError(hint)
     if not ok:
-        raise ConfigError(f"{key}: expected {_TYPE_NAMES[hint]}, got {value!r}")
+        shown = "a value that is not shown" if _is_secret(key) else repr(value)
+        raise ConfigError(f"{key}: expected {_TYPE_NAMES[hint]}, got {shown}")
     return value
+
+
+def _is_secret(key: str) -> bool:
+    """Keys whose values never appear in a message (check-config's output may be pasted)."""
+    return key.rsplit(".", 1)[-1].endswith(("password", "secret", "token"))
 
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -364,9 +370,11 @@ def _check(config: Config) -> None:
         raise ConfigError("smtp.max_bytes_in_flight: must be at least smtp.max_message_size")
     if not config.tickets.support_addresses:
         raise ConfigError("tickets.support_addresses: at least one address is needed")
-    for address in (*config.tickets.support_addresses, config.outbound.from_address):
-        if address and not _looks_like_address(address):
+    for address in config.tickets.support_addresses:
+        if not _looks_like_address(address):
             raise ConfigError(f"tickets.support_addresses: {address!r} is not an e-mail address")
+    if config.outbound.from_address and not _looks_like_address(config.outbound.from_address):
+        raise ConfigError(f"outbound.from_address: {config.outbound.from_address!r} is not an e-mail address")
     if not config.tickets.key_prefix.isalnum() or not config.tickets.key_prefix.isascii():
         raise ConfigError("tickets.key_prefix: letters and digits only")
     if config.outbound.relay_tls not in ("none", "starttls", "tls"):

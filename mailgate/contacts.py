@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlmodel import Session, select
+import charset_normalizer
+from sqlmodel import Session, func, select
 
 from mailgate.models import Contact, Organisation
 
@@ -85,7 +87,39 @@ def disable_contact(session: Session, email: str) -> Contact:
     return row
 
 
+# --- listing and changing ------------------------------------------------------------------
+
+
+def organisation_rows(session: Session) -> list[dict]:
+    """SPEC §9 `org list`: [{"name", "region", "contacts"}], by name."""
+    counts = dict(session.exec(
+        select(Contact.organisation_id, func.count()).group_by(Contact.organisation_id)).all())
+    return [{"name": o.name, "region": o.region, "contacts": counts.get(o.id, 0)}
+            for o in session.exec(select(Organisation).order_by(Organisation.name))]
+
+
+def contact_rows(session: Session, org_name: str | None = None) -> list[dict]:
+    """SPEC §9 `contact list`: [{"email", "name", "organisation", "language", "active"}]."""
+    query = select(Contact, Organisation.name).join(Organisation, Organisation.id == Contact.organisation_id)
+    if org_name is not None:
+        query = query.where(Contact.organisation_id == organisation(session, org_name).id)
+    return [{"email": c.email, "name": c.name, "organisation": org, "language": c.language, "active": c.active}
+            for c, org in session.exec(query.order_by(Contact.email))]
+
+
+def set_region(session: Session, name: str, region: str) -> Organisation:
+    """The region whose agents see the organisation's confidential tickets ("" for none)."""
+    org = organisation(session, name)
+    org.region = region.strip() or None
+    session.add(org)
+    return org
+
+
 # --- CSV import ----------------------------------------------------------------------------
+
+COLUMNS = ("email", "name", "organisation", "language")  # and, optionally, active
+DELIMITERS = ",;\t"
+PROGRESS_EVERY = 1000  # rows between two progress lines on stderr
 
 
 @dataclass
@@ -94,61 +128,110 @@ class ImportReport:
     updated: list[int] = field(default_factory=list)
     unchanged: list[int] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    encoding: str = ""  # what the file was read as
+    delimiter: str = ""
 
 
-def import_contacts(session: Session, path: Path, progress=None) -> ImportReport:
-    """Create or update contacts from CSV (email,name,organisation,language[,active]).
-
-    Missing organisations are created; running it twice changes nothing the second time.
-    """
-    report = ImportReport()
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        missing = {"email", "name", "organisation", "language"} - set(reader.fieldnames or [])
-        if missing:
-            raise ContactsError(f"{path}: missing columns: {', '.join(sorted(missing))}")
-        for row in reader:
-            line = reader.line_num
-            try:
-                with session.begin_nested():
-                    state = _import_row(session, row)
-            except ContactsError as e:
-                report.rejected.append((line, str(e)))
-                continue
+def import_contacts(session: Session, path: Path, create_orgs: bool = False, progress=None) -> ImportReport:
+    """Create or update contacts from CSV (email,name,organisation,language[,active]) in any
+    common encoding and with `,` `;` or tab between the fields (a German Excel writes
+    Windows-1252 and semicolons). A row naming an unknown organisation is rejected unless
+    CREATE_ORGS; running it twice changes nothing the second time."""
+    text, encoding = _decode(path.read_bytes())
+    delimiter = _delimiter(text)
+    report = ImportReport(encoding=encoding, delimiter=delimiter)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader.fieldnames = [(f or "").strip().lower() for f in reader.fieldnames or []]
+    missing = [c for c in COLUMNS if c not in reader.fieldnames]
+    if missing:
+        raise ContactsError(f"{path}: missing columns: {', '.join(missing)} (found: {', '.join(reader.fieldnames)}; "
+                            f"read as {encoding} with delimiter {delimiter!r})")
+    directory = _Directory(session, create_orgs)
+    for rows, row in enumerate(reader, 1):
+        line = reader.line_num
+        try:
+            state = directory.take(row)
+        except ContactsError as e:
+            report.rejected.append((line, str(e)))
+        else:
             getattr(report, state).append(line)
-            if progress and line % 1000 == 0:
-                progress(line)
+        if rows % PROGRESS_EVERY == 0:
+            session.flush()
+            if progress:
+                progress(rows)
+    session.flush()
     return report
 
 
-def _import_row(session: Session, row: dict) -> str:
-    email = normalise_email(row.get("email") or "")
-    name = (row.get("name") or "").strip()
-    org_name = (row.get("organisation") or "").strip()
-    language = check_language((row.get("language") or "en").strip() or "en")
-    active = _active(row.get("active"))
-    if not name or not org_name:
-        raise ContactsError("name and organisation are required")
-    org = find_organisation(session, org_name) or add_organisation(session, org_name)
-    existing = find_contact(session, email)
-    if existing is None:
-        session.add(Contact(email=email, name=name, organisation_id=org.id, language=language, active=active))
-        session.flush()
-        return "created"
-    wanted = dict(name=name, organisation_id=org.id, language=language, active=active)
-    if all(getattr(existing, k) == v for k, v in wanted.items()):
-        return "unchanged"
-    for k, v in wanted.items():
-        setattr(existing, k, v)
-    session.add(existing)
-    session.flush()
-    return "updated"
+def _decode(data: bytes) -> tuple[str, str]:
+    """The file's text and the encoding it was read as: UTF-8 (with or without BOM) when it
+    decodes as such, else what charset-normalizer finds (cp1252, latin-1, UTF-16 …)."""
+    try:
+        return data.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    best = charset_normalizer.from_bytes(data[:1_000_000]).best()
+    if best is None:
+        raise ContactsError("cannot tell the file's encoding; save it as UTF-8")
+    return data.decode(best.encoding, errors="replace").lstrip("\ufeff"), best.encoding
+
+
+def _delimiter(text: str) -> str:
+    """`,` `;` or tab, as csv.Sniffer sees the first lines; else the one the header has most of."""
+    sample = "\n".join(text.splitlines()[:20])
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=DELIMITERS).delimiter
+    except csv.Error:
+        header = sample.partition("\n")[0]
+        return max(DELIMITERS, key=header.count)
+
+
+class _Directory:
+    """The organisations and contacts, loaded once for an import: a row is checked and applied
+    in memory (one query per file, not per row) and flushed in batches."""
+
+    def __init__(self, session: Session, create_orgs: bool):
+        self.session, self.create_orgs = session, create_orgs
+        self.orgs = {o.name: o for o in session.exec(select(Organisation))}
+        self.contacts = {c.email: c for c in session.exec(select(Contact))}
+
+    def take(self, row: dict) -> str:
+        """Apply one CSV row: "created", "updated" or "unchanged"; ContactsError to reject it."""
+        email = normalise_email(row.get("email") or "")
+        name = (row.get("name") or "").strip()
+        org_name = (row.get("organisation") or "").strip()
+        language = check_language((row.get("language") or "en").strip().lower() or "en")
+        active = _active(row.get("active"))
+        if not name or not org_name:
+            raise ContactsError("name and organisation are required")
+        if len(name) > 200 or len(org_name) > 200:
+            raise ContactsError("a name is longer than 200 characters")
+        wanted = dict(name=name, organisation_id=self._organisation(org_name).id, language=language, active=active)
+        existing = self.contacts.get(email)
+        if existing is None:
+            self.contacts[email] = Contact(email=email, **wanted)
+            self.session.add(self.contacts[email])
+            return "created"
+        if all(getattr(existing, k) == v for k, v in wanted.items()):
+            return "unchanged"
+        for k, v in wanted.items():
+            setattr(existing, k, v)
+        self.session.add(existing)
+        return "updated"
+
+    def _organisation(self, name: str) -> Organisation:
+        if name not in self.orgs:
+            if not self.create_orgs:
+                raise ContactsError(f"no organisation {name!r} (add it with `mailgate org add`, or import "
+                                    "with --create-orgs)")
+            self.orgs[name] = add_organisation(self.session, name)
+        return self.orgs[name]
 
 
 def _active(value: str | None) -> bool:
     text = (value or "").strip().lower()
-    if text in ("", "1", "true", "yes", "y", "active"):
+    if text in ("", "1", "true", "yes", "y", "active", "ja", "j", "wahr"):
         return True
-    if text in ("0", "false", "no", "n", "inactive"):
+    if text in ("0", "false", "no", "n", "inactive", "nein", "falsch"):
         return False
     raise ContactsError(f"active must be true or false, not {value!r}")

@@ -46,6 +46,16 @@ class Database:
                 raise
 
     @contextlib.contextmanager
+    def rolled_back(self) -> Iterator[Session]:
+        """A transaction that is always rolled back: a dry run writes as usual and leaves
+        nothing (`mailgate explain`)."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            try:
+                yield session
+            finally:
+                session.rollback()
+
+    @contextlib.contextmanager
     def read_session(self) -> Iterator[Session]:
         """A transaction that only reads. On SQLite it starts with a plain (deferred) BEGIN, so
         it does not take the write lock and does not queue behind writers (WAL readers see the

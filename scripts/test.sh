@@ -13,18 +13,25 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
     fi
 fi
 
-# Dovecot for the IMAP tests (tests start their own private instance).
-if ! command -v dovecot >/dev/null; then
+# Debian packages for the system tests: Dovecot for the IMAP tests and Postfix for the README's
+# Postfix steps (tests start their own private instances), and the system's Python for
+# Postfix's pipe transport, which runs `mailgate deliver` as an unprivileged user.
+wanted=()
+command -v dovecot >/dev/null || wanted+=(dovecot-imapd)
+command -v postfix >/dev/null || [ -x /usr/sbin/postfix ] || wanted+=(postfix)
+[ -x /usr/bin/python3 ] || wanted+=(python3)
+if [ ${#wanted[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        # A policy-rc.d that says no keeps the package's system service from starting;
+        # A policy-rc.d that says no keeps the packages' system services from starting;
         # one that was there before stays as it was.
         policy=/usr/sbin/policy-rc.d
         [ -e "$policy" ] && cp -p "$policy" "$policy.mailgate-saved"
         printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null
+        echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections 2>/dev/null || true
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${wanted[@]}" >/dev/null
         if [ -e "$policy.mailgate-saved" ]; then mv "$policy.mailgate-saved" "$policy"; else rm -f "$policy"; fi
     else
-        echo "note: dovecot is not installed; the IMAP tests will be skipped" >&2
+        echo "note: ${wanted[*]} not installed; the tests that need them will be skipped" >&2
     fi
 fi
 

@@ -122,11 +122,12 @@ def cli_process(config_path: Path):
 
 @pytest.fixture
 def daemon(config_path: Path):
-    """daemon(config=None, env=None) → a started `mailgate serve` process; stopped at the end."""
+    """daemon(config=None, env=None, wrapper=None) → a started `mailgate serve` process (run
+    under WRAPPER, a command such as setpriv, when given); stopped at the end."""
     started: list[DaemonProcess] = []
 
-    def start(config: Path | None = None, env: dict | None = None) -> DaemonProcess:
-        d = DaemonProcess(config or config_path, env)
+    def start(config: Path | None = None, env: dict | None = None, wrapper: list[str] | None = None) -> DaemonProcess:
+        d = DaemonProcess(config or config_path, env, wrapper)
         d.start()
         started.append(d)
         return d

@@ -161,9 +161,10 @@ def cli_in_process(argv: list[str], stdin: bytes = b"") -> tuple[int, str, str]:
 class DaemonProcess:
     """`python -m mailgate serve` as a child process; its announced ports are parsed."""
 
-    def __init__(self, config: Path, env: dict | None = None):
+    def __init__(self, config: Path, env: dict | None = None, wrapper: list[str] | None = None):
         self.config = Path(config)
         self.env = {**os.environ, **(env or {})}
+        self.wrapper = wrapper or []  # a command the daemon runs under (e.g. setpriv)
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
         self.smtp_port = self.http_port = None
@@ -171,7 +172,7 @@ class DaemonProcess:
     def start(self, timeout: float = 30.0) -> "DaemonProcess":
         self.lines = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mailgate", "--config", str(self.config), "serve"],
+            [*self.wrapper, sys.executable, "-m", "mailgate", "--config", str(self.config), "serve"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, text=True, bufsize=1,
         )
         threading.Thread(target=self._read, daemon=True).start()
@@ -212,6 +213,34 @@ class DaemonProcess:
 
     def smtp(self) -> smtplib.SMTP:
         return smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str):
+    """A small tmpfs mounted at PATH, for a disk that fills up on demand; skips the test where
+    mounting is not permitted (not root, or no CAP_SYS_ADMIN)."""
+    import pytest
+
+    path.mkdir(exist_ok=True)
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True, capture_output=True)
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        pytest.skip("cannot mount a tmpfs here (not root, or no mount permission)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_disk(path: Path) -> None:
+    """Append to the file PATH until its file system is full."""
+    with open(path, "ab") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
 
 
 def send(port: int, raw: bytes, sender: str = "alice@acme.example", recipients=(SUPPORT,)) -> dict:

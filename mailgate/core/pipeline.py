@@ -14,14 +14,20 @@ for database work only.
     parse failure → machine mail (and our own bounces) → sender → authentication
     → reference → (wait for older mail) → comment, or rate limit → new or follow-up ticket
 De-duplication comes first, in `process`, because it is a race between instances that the
-database decides.
+database decides. Each stage that decides says why in the decision's `reasons`.
+
+`Pipeline.explain` is the dry run (`mailgate explain`): the same stages in a transaction that
+is rolled back, with a blob store that only computes digests, so it can never drift from what
+`process` does and writes nothing — no inbound record, no blob, no counter, no outbox row.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Callable
@@ -56,6 +62,8 @@ class Result:
     ticket: str | None
     inbound_id: int
     error: str | None = None
+    notifications: list[dict] = field(default_factory=list, repr=False)  # {"event", "to"} queued
+    inbound: Inbound | None = field(default=None, repr=False, compare=False)  # for the log line
 
 
 @dataclass
@@ -85,9 +93,21 @@ class _Decision:
     error: str | None = None
 
 
+class _Digests:
+    """A blob store that stores nothing: the digests and paths `explain` needs, no files."""
+
+    def __init__(self, real):
+        self.path = real.path
+
+    @staticmethod
+    def put(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+
 class Pipeline:
-    def __init__(self, app: "App"):
+    def __init__(self, app: "App", blobs=None):
         self.app = app
+        self.blobs = blobs or app.blobs
 
     @property
     def config(self):
@@ -111,24 +131,41 @@ class Pipeline:
                 return self._result(session, done)
         prepared = self._prepare(raw)
         with self.app.db.session() as session:
-            inbound = self._record(session, spool_id, envelope, prepared)
-            original = _claim_dedupe_key(session, inbound)
-            if original is not None:
-                decision = _Decision("duplicate", ticket=_ticket(session, original.ticket_id))
-            else:
-                decision = self._decide(session, inbound, envelope, prepared, wait_for_older)
-            result = self._finish(session, inbound, decision)
+            result = self._process(session, spool_id, envelope, prepared, wait_for_older)
             failpoints.hit("before_commit", raw)
         failpoints.hit("after_commit", raw)
-        self._log(inbound, result, started)
+        self._log(result, started)
         return result
+
+    def explain(self, raw: bytes, envelope: Envelope) -> dict:
+        """What `process` would make of RAW (SPEC §9 `mailgate explain`), writing nothing."""
+        dry = Pipeline(self.app, blobs=_Digests(self.blobs))
+        prepared = dry._prepare(raw)
+        reasons: list[str] = []
+        with self.app.db.rolled_back() as session:
+            result = dry._process(session, f"explain-{uuid.uuid4().hex}", envelope, prepared, reasons=reasons)
+        return {"outcome": result.outcome, "ticket": result.ticket,
+                "comment_of": result.ticket if result.outcome == "comment_added" else None,
+                "notifications": result.notifications, "reasons": reasons}
+
+    def _process(self, session, spool_id, envelope, prepared: "_Prepared", wait_for_older=None,
+                 reasons: list[str] | None = None) -> Result:
+        inbound = self._record(session, spool_id, envelope, prepared)
+        original = _claim_dedupe_key(session, inbound)
+        if original is not None:
+            _say(reasons, f"a copy of inbound message {original.id} (same "
+                          f"{'Message-ID' if inbound.message_id else 'bytes'}), received {original.received_at}")
+            decision = _Decision("duplicate", ticket=_ticket(session, original.ticket_id))
+        else:
+            decision = self._decide(session, inbound, envelope, prepared, wait_for_older, reasons)
+        return self._finish(session, inbound, decision)
 
     def reprocess(self, inbound_id: int) -> Result:
         """Run a kept message through the rules again (SPEC §9 `inbox reprocess`)."""
         started = time.monotonic()
         with self.app.db.read_session() as session:
             inbound = _reprocessable(session.get(Inbound, inbound_id), inbound_id)
-        prepared = self._prepare(self.app.blobs.get(inbound.sha256))
+        prepared = self._prepare(self.blobs.get(inbound.sha256))
         with self.app.db.session() as session:
             inbound = _reprocessable(session.get(Inbound, inbound_id), inbound_id)  # still, now locked
             envelope = Envelope(
@@ -138,7 +175,7 @@ class Pipeline:
             decision = self._decide(session, inbound, envelope, prepared)
             inbound.attempts += 1
             result = self._finish(session, inbound, decision)
-        self._log(inbound, result, started)
+        self._log(result, started)
         return result
 
     def quarantine(self, spool_id: str, envelope: Envelope, raw: bytes, error: str) -> Result:
@@ -146,7 +183,7 @@ class Pipeline:
         reprocessable. It is not parsed again (parsing may be what fails, kills or overruns);
         its Message-ID comes from a plain scan of the header block."""
         failpoints.hit("quarantine", raw)
-        prepared = _Prepared(raw, self.app.blobs.put(raw), parsed=None)
+        prepared = _Prepared(raw, self.blobs.put(raw), parsed=None)
         with self.app.db.session() as session:
             done = session.exec(select(Inbound).where(Inbound.spool_id == spool_id)).first()
             if done is not None:
@@ -155,55 +192,67 @@ class Pipeline:
             inbound.attempts = envelope.attempts
             _claim_dedupe_key(session, inbound)
             result = self._finish(session, inbound, _Decision("quarantined", error=error[:2000]))
-        self._log(inbound, result, None)
+        self._log(result, None)
         return result
 
     # --- before the transaction --------------------------------------------------------
 
     def _prepare(self, raw: bytes) -> _Prepared:
         """The slow, CPU-bound work on RAW, done before the transaction opens."""
-        prepared = _Prepared(raw, self.app.blobs.put(raw), *_try_parse(raw, self.limits))
+        prepared = _Prepared(raw, self.blobs.put(raw), *_try_parse(raw, self.limits))
         parsed = prepared.parsed
         if parsed is None:
             return prepared
         if reference.may_answer_a_ticket(parsed, self.config.tickets.key_prefix):
             prepared.new_text = quotes.new_text(parsed.text, parsed.subject)
-        prepared.attachment_digests = [self.app.blobs.put(a.data) for a in parsed.attachments]
+        prepared.attachment_digests = [self.blobs.put(a.data) for a in parsed.attachments]
         return prepared
 
     # --- the stages --------------------------------------------------------------------
 
-    def _decide(self, session, inbound, envelope, prepared: _Prepared, wait_for_older=None) -> _Decision:
+    def _decide(self, session, inbound, envelope, prepared: _Prepared, wait_for_older=None,
+                reasons: list[str] | None = None) -> _Decision:
         parsed = prepared.parsed
         failpoints.hit("pipeline", parsed and parsed.subject.encode() or b"")
         cfg = self.config
         if parsed is None:
+            _say(reasons, f"it cannot be parsed: {prepared.parse_error}")
             return _Decision("quarantined", error=prepared.parse_error)
         if why := machine.reason(parsed.headers, envelope.sender, parsed.from_address):
             bounced = bounce.record(session, self.app, parsed, envelope)  # our own mail bounced
             note = f"; bounce of outbound {', '.join(map(str, bounced))}" if bounced else ""
+            _say(reasons, f"machine mail: {why}{note}")
             return _Decision("ignored_auto", error=f"machine mail: {why}{note}")
         contact = sender.active_contact(session, parsed.from_address)
         if contact is None:
+            _say(reasons, f"the sender {parsed.from_address or '(no From address)'} is not an active contact")
             if why := notice.why_not(cfg.policy, parsed, envelope.sender):
+                _say(reasons, why)
                 return _Decision("rejected_unknown_sender", error=why)
             tell = Event("unknown_sender_notice", None, data={"address": parsed.from_address})
             return _Decision("rejected_unknown_sender", events=[tell])
         if sender.unauthenticated(cfg.policy, parsed):
+            _say(reasons, "policy.require_authenticated_sender: no DMARC or aligned DKIM pass from the trusted MTA")
             return _Decision("rejected_unauthenticated", error="no DMARC or aligned DKIM pass from the trusted MTA")
+        _say(reasons, f"the sender {contact.email} is an active contact")
         ticket = reference.referenced_ticket(session, self.app.signer, cfg.tickets.key_prefix, parsed, contact)
         if ticket is None and (parsed.in_reply_to or parsed.references) and wait_for_older and wait_for_older():
             # Worked beside the mail it answers (a backlog, several workers), a reply would
             # otherwise open a ticket of its own when it commits first.
             raise Deferred()
+        _say(reasons, f"it refers to {ticket.key} (subject or thread), which the sender may see" if ticket
+             else "it refers to no ticket the sender may see")
         now = utcnow()
         if ticket is not None and ticket.status != "closed":
-            return self._comment(session, inbound, prepared, contact, ticket, now)
+            return self._comment(session, inbound, prepared, contact, ticket, now, reasons)
         if sender.over_rate_limit(session, cfg.policy, contact, now):
+            _say(reasons, f"policy.max_new_tickets_per_sender_per_hour ({cfg.policy.max_new_tickets_per_sender_per_hour}) "
+                          "reached for this sender")
             return _Decision("rate_limited", error="too many new tickets from this sender in the last hour")
+        _say(reasons, f"{ticket.key} is closed (final): a follow-up ticket" if ticket else "a new ticket")
         return self._new_ticket(session, inbound, prepared, contact, now, follow_up_of=ticket)
 
-    def _comment(self, session, inbound, prepared: _Prepared, contact, ticket, now) -> _Decision:
+    def _comment(self, session, inbound, prepared: _Prepared, contact, ticket, now, reasons=None) -> _Decision:
         parsed = prepared.parsed
         body = prepared.new_text if prepared.new_text is not None else quotes.new_text(parsed.text, parsed.subject)
         comment, events = service.add_comment(
@@ -212,7 +261,10 @@ class Pipeline:
         comment.full_body = parsed.text  # what the cut took stays reachable (SPEC §4.7)
         service.store_attachments(session, ticket, parsed.attachments, prepared.attachment_digests, comment)
         first_line = next((line for line in body.splitlines() if line.strip()), "")
-        events += service.customer_feedback(ticket, first_line, self.config.tickets.close_phrases, now, contact.id)
+        feedback = service.customer_feedback(ticket, first_line, self.config.tickets.close_phrases, now, contact.id)
+        _say(reasons, f"a comment on {ticket.key}" + "".join(
+            f"; the status goes from {e.old} to {e.new}" for e in feedback if e.kind == "status_changed"))
+        events += feedback
         service.add_to_thread(session, ticket, parsed.message_id)
         return _Decision("comment_added", ticket=ticket, comment_id=comment.id, events=events)
 
@@ -252,7 +304,7 @@ class Pipeline:
             envelope_recipients=",".join(envelope.recipients),
             from_address=parsed.from_address if parsed else None,
             received_at=datetime.fromisoformat(envelope.received_at), sha256=digest,
-            raw_path=str(self.app.blobs.path(digest)), size=len(prepared.raw), outcome="quarantined",
+            raw_path=str(self.blobs.path(digest)), size=len(prepared.raw), outcome="quarantined",
             attempts=envelope.attempts + 1,
         )
         session.add(inbound)
@@ -266,15 +318,17 @@ class Pipeline:
         inbound.error = decision.error
         inbound.processed_at = utcnow()
         session.add(inbound)
-        notify.queue(session, self.app, decision.events)
+        queued = notify.queue(session, self.app, decision.events)
         key = decision.ticket.key if decision.ticket else None
-        return Result(decision.outcome, key, inbound.id, decision.error)
+        return Result(decision.outcome, key, inbound.id, decision.error,
+                      [{"event": row.event, "to": row.recipient} for row in queued], inbound)
 
     def _result(self, session: Session, inbound: Inbound) -> Result:
         ticket = _ticket(session, inbound.ticket_id)
         return Result(inbound.outcome, ticket.key if ticket else None, inbound.id, inbound.error)
 
-    def _log(self, inbound: Inbound, result: Result, started: float | None) -> None:
+    def _log(self, result: Result, started: float | None) -> None:
+        inbound = result.inbound
         seconds = time.monotonic() - started if started else None
         self.app.metrics.message(result.outcome, seconds)
         ms = f"{seconds * 1000:.0f}" if seconds is not None else "-"
@@ -286,6 +340,12 @@ class Pipeline:
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def _say(reasons: list[str] | None, reason: str) -> None:
+    """Note why a stage decided, when someone asks (explain)."""
+    if reasons is not None:
+        reasons.append(reason)
 
 
 def _try_parse(raw: bytes, limits: Limits) -> tuple[ParsedMessage | None, str | None]:

@@ -281,15 +281,25 @@ class Spool:
     def depth(self) -> int:
         return len(_listdir(self.new)) + len(_listdir(self.cur))
 
-    def writable(self) -> bool:
-        """Whether a message could be stored now (for /healthz)."""
-        probe = self.tmp / f".probe-{uuid.uuid4().hex}"
+    def probe(self) -> None:
+        """Prove that a message could be stored and found now (for /healthz): the way a
+        message takes — written and fsynced in tmp/, renamed into new/, the directory fsynced
+        — with a probe file no runner takes for mail (dot files are not listed), and both
+        new/ and cur/ listed. Raises SpoolError naming the directory at fault."""
+        name = f".probe-{uuid.uuid4().hex}"
+        step, where = "write", self.tmp
         try:
-            probe.write_bytes(b"")
-            probe.unlink()
-            return True
-        except OSError:
-            return False
+            write_tmp(self.tmp / name, (b"probe\n",))
+            step, where = "write", self.new
+            commit(self.tmp / name, self.new / name)
+            unlink_quietly(self.new / name)
+            for where in (self.new, self.cur):
+                step = "read"
+                os.listdir(where)
+        except OSError as e:
+            unlink_quietly(self.tmp / name)
+            raise SpoolError(e.errno, f"cannot {step} {where.relative_to(self.root.parent)}: "
+                                      f"{e.strerror or e}") from None
 
 
 class _Busy(Exception):
@@ -335,8 +345,9 @@ def read_file(path: Path) -> tuple[Envelope, bytes]:
 
 
 def _listdir(path: Path) -> list[str]:
+    """The spool files in PATH; names starting with a dot are not ours (probes, editors)."""
     try:
-        return os.listdir(path)
+        return [name for name in os.listdir(path) if not name.startswith(".")]
     except FileNotFoundError:
         return []
 

@@ -4,7 +4,9 @@ GET shows a small page with the contact's current on/off state and a button; POS
 (form field notify=on|off). A POST whose body is `List-Unsubscribe=One-Click` is the RFC 8058
 one-click unsubscribe a mail client sends for the List-Unsubscribe header: it turns
 notifications off. A token that is forged, or names a ticket or contact that is gone, gets
-404 and changes nothing; one for a contact who may no longer see the ticket gets 403.
+404 and changes nothing; one for a contact who may no longer see the ticket gets 403. Those
+answers are pages too, named after the service desk and in the contact's language when the
+token names one, else in the browser's (Accept-Language), since a customer clicked them.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from mailgate.app import App
-from mailgate.contacts import find_contact
+from mailgate.contacts import LANGUAGES
 from mailgate.db import run_blocking
 from mailgate.http import APP
+from mailgate.models import Contact, Ticket
 from mailgate.notify import subscriptions, tokens
 from mailgate.tickets import service
 
@@ -39,22 +42,36 @@ class _State:
     notify_on: bool
 
 
+class _Refused(Exception):
+    """A link that does nothing: STATUS, and WHY ("invalid" or "forbidden") for the page."""
+
+    def __init__(self, status: int, why: str, language: str | None = None):
+        super().__init__(why)
+        self.status, self.why, self.language = status, why, language
+
+
 async def show(request: web.Request) -> web.Response:
     app: App = request.app[APP]
-    state = await run_blocking(_apply, app, request.match_info["token"], None)
+    try:
+        state = await run_blocking(_apply, app, request.match_info["token"], None)
+    except _Refused as e:
+        return _refused(request, e)
     return _page(app, state, saved=False)
 
 
 async def switch(request: web.Request) -> web.Response:
     app: App = request.app[APP]
     form = await request.post()
-    if form.get(ONE_CLICK[0]) == ONE_CLICK[1]:
-        await run_blocking(_apply, app, request.match_info["token"], False)
-        return web.Response(text="Notifications turned off.\n")
-    wanted = form.get("notify")
-    if wanted not in ("on", "off"):
-        raise web.HTTPBadRequest(text="notify must be on or off\n")
-    state = await run_blocking(_apply, app, request.match_info["token"], wanted == "on")
+    try:
+        if form.get(ONE_CLICK[0]) == ONE_CLICK[1]:
+            await run_blocking(_apply, app, request.match_info["token"], False)
+            return web.Response(text="Notifications turned off.\n")
+        wanted = form.get("notify")
+        if wanted not in ("on", "off"):
+            raise web.HTTPBadRequest(text="notify must be on or off\n")
+        state = await run_blocking(_apply, app, request.match_info["token"], wanted == "on")
+    except _Refused as e:
+        return _refused(request, e)
     return _page(app, state, saved=True)
 
 
@@ -62,14 +79,14 @@ def _apply(app: App, token: str, notify: bool | None) -> _State:
     """The link's ticket and contact, after switching to NOTIFY (None: only look)."""
     found = tokens.read(app.signer, token)
     if found is None:
-        raise web.HTTPNotFound(text="This link is not valid.\n")
-    key, email = found
+        raise _Refused(404, "invalid")
+    ticket_id, contact_id = found
     with app.db.session() as session:
-        ticket, contact = service.find_ticket(session, key), find_contact(session, email)
+        ticket, contact = session.get(Ticket, ticket_id), session.get(Contact, contact_id)
         if ticket is None or contact is None:
-            raise web.HTTPNotFound(text="This link is not valid.\n")
+            raise _Refused(404, "invalid", contact.language if contact else None)
         if not service.may_see(ticket, contact):
-            raise web.HTTPForbidden(text="This ticket is no longer visible to you.\n")
+            raise _Refused(403, "forbidden", contact.language)
         if notify is not None:
             subscriptions.set_notify(session, ticket, contact, notify)
         on = subscriptions.is_on(session, ticket, contact)
@@ -80,6 +97,33 @@ def _page(app: App, state: _State, saved: bool) -> web.Response:
     language = app.renderer.language(state.language)
     html = app.renderer.page("notifications_page", language, {
         "ticket": {"key": state.key, "summary": state.summary}, "contact": {"email": state.email},
-        "notify_on": state.notify_on, "saved": saved,
+        "notify_on": state.notify_on, "saved": saved, **_desk(app),
     })
     return web.Response(text=html, content_type="text/html", headers=_PRIVATE)
+
+
+def _refused(request: web.Request, refused: _Refused) -> web.Response:
+    app: App = request.app[APP]
+    language = app.renderer.language(refused.language or _browser_language(request))
+    html = app.renderer.page("link_refused", language, {"why": refused.why, **_desk(app)})
+    return web.Response(text=html, status=refused.status, content_type="text/html", headers=_PRIVATE)
+
+
+def _desk(app: App) -> dict:
+    return {"from_name": app.config.outbound.from_name, "support_address": app.config.from_address}
+
+
+def _browser_language(request: web.Request) -> str | None:
+    """The first language of Accept-Language (by q) that mailgate speaks; None for none."""
+    wanted = []
+    for part in request.headers.get("Accept-Language", "")[:500].split(","):
+        tag, _, params = part.strip().partition(";")
+        try:
+            q = float(params.strip().removeprefix("q=")) if params.strip().startswith("q=") else 1.0
+        except ValueError:
+            q = 0.0
+        wanted.append((-q, tag.strip().lower().split("-")[0]))
+    for _, language in sorted(wanted):
+        if language in LANGUAGES:
+            return language
+    return None

@@ -1,5 +1,5 @@
-"""The daemon's HTTP listener (aiohttp): health now; metrics, notification links and the
-agent API join it as routes."""
+"""The daemon's HTTP listener (aiohttp): /healthz, /metrics, the notification links and the
+agents' API."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from aiohttp import web
 from mailgate.app import App
 from mailgate.http import APP
 from mailgate.db import run_blocking
-from mailgate.http import api
+from mailgate.http import api, health
 from mailgate.http import links
 
 MAILBOXES = web.AppKey("mailboxes", object)  # the daemon's IMAP pollers (ingest.imap.Pollers), if any
@@ -26,18 +26,15 @@ def application(app: App, mailboxes=None) -> web.Application:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 when the database answers and the spool takes files; 503 naming what fails."""
+    """200 when every promise holds (mailgate.http.health), else 503 naming what fails."""
     app: App = request.app[APP]
-    checks = {"database": await run_blocking(_database_ok, app), "spool": await run_blocking(app.spool.writable)}
-    ok = all(checks.values())
-    body = {"status": "ok" if ok else "failing", **{k: "ok" if v else "failing" for k, v in checks.items()},
-            "spool_depth": await run_blocking(app.spool.depth)}
+    body = await run_blocking(health.checks, app)
     if request.app[MAILBOXES] is not None:
         # Reported, not judged: a mailbox the daemon cannot reach does not make the daemon unhealthy.
         body["imap"] = request.app[MAILBOXES].report()
     if app.oauth.keepers:
         body["oauth"] = app.oauth.health()  # reported like the mailboxes: one account's trouble is its own
-    return web.json_response(body, status=200 if ok else 503)
+    return web.json_response(body, status=200 if body["status"] == "ok" else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -45,14 +42,6 @@ async def metrics(request: web.Request) -> web.Response:
     app: App = request.app[APP]
     body = await run_blocking(app.metrics.render)
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
-
-
-def _database_ok(app: App) -> bool:
-    try:
-        app.db.ping()
-        return True
-    except Exception:
-        return False
 
 
 async def start(app: App, mailboxes=None) -> web.AppRunner:

@@ -1,9 +1,12 @@
 """`mailgate deliver`: one message on standard input, for an MTA's pipe transport (SPEC §3.3).
 
-Exit codes follow sysexits: 0 stored and processed (whatever the outcome), 67 (EX_NOUSER)
-for a recipient that is not a support address, 75 (EX_TEMPFAIL) when the message could not
-be stored or processed for a passing reason — the MTA keeps it and tries again, so we keep
-nothing of it ourselves (the claim is not acknowledged: settling it drops our copy).
+Exit codes follow sysexits: 0 stored and processed (whatever the outcome), 65 (EX_DATAERR)
+for a message over `smtp.max_message_size` (the one size limit of every inbound path; the
+MTA bounces it), 67 (EX_NOUSER) for a recipient that is not a support address, 75
+(EX_TEMPFAIL) when the message could not be stored or processed for a passing reason — the
+MTA keeps it and tries again, so we keep nothing of it ourselves (the claim is not
+acknowledged: settling it drops our copy). The command line around this (mailgate.cli)
+answers 75 for anything else too: a usage error, a bad config file.
 
 The message is processed in a forked child under the budget of every message
 (mailgate.core.budget): a child that overruns it is killed, and one that dies is not waited
@@ -26,7 +29,14 @@ from mailgate.mail.addresses import is_support_address
 
 log = logging.getLogger("mailgate.pipe")
 
-EX_OK, EX_NOUSER, EX_TEMPFAIL = 0, 67, 75
+EX_OK, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL = 0, 65, 67, 75
+
+
+def read_message(stream, limit: int) -> bytes | None:
+    """The message on STREAM, or None when it is larger than LIMIT bytes; never more than
+    LIMIT + 1 bytes are read into memory."""
+    raw = stream.read(limit + 1)
+    return None if len(raw) > limit else raw
 
 
 @dataclass

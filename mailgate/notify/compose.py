@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlmodel import Session, select
 
 from mailgate.tickets.events import Event
-from mailgate.models import Comment, Contact, Inbound, Organisation, Outbound, Ticket
+from mailgate.models import Comment, Contact, Inbound, Organisation, Outbound, Ticket, aware
 from mailgate.notify import tokens
 from mailgate.notify.recipients import Recipient
 from mailgate.notify.render import Headers, Rendered
@@ -61,19 +61,50 @@ class EventMail:
 def _event_context(session: Session, app, ticket: Ticket, event: Event) -> dict:
     cfg = app.config
     creator = session.get(Contact, ticket.creator_id)
+    origin = session.get(Ticket, ticket.follow_up_of_id) if ticket.follow_up_of_id else None
     return {
         "ticket": {
             "key": ticket.key, "summary": ticket.summary, "type": ticket.type, "status": ticket.status,
             "priority": ticket.priority, "description": _clip(ticket.description),
             "creator": creator.name if creator else "",
             "organisation": session.get(Organisation, ticket.organisation_id).name,
+            "follow_up_of": {"key": origin.key, "summary": origin.summary} if origin else None,
         },
         "event": {"kind": event.kind, "old": event.old, "new": event.new, "data": event.data},
+        "changes": _changes(event), "agent": event.data.get("agent"),
+        "question": _question(session, ticket) if _asks(ticket, event) else None,
         "comment": _comment(session, event.comment_id),
         "support_address": cfg.from_address, "from_name": cfg.outbound.from_name,
         "lifecycle": {"resolved_close_days": _days(cfg.lifecycle.resolved_close_days),
                       "clarification_close_days": _days(cfg.lifecycle.clarification_close_days)},
     }
+
+
+def _changes(event: Event) -> list[dict]:
+    """The fields one action changed (tickets.service.one_event), or this event's own one."""
+    if "changes" in event.data:
+        return event.data["changes"]
+    if event.kind.endswith("_changed"):
+        return [{"field": event.kind.removesuffix("_changed"), "old": event.old, "new": event.new}]
+    return []
+
+
+def _asks(ticket: Ticket, event: Event) -> bool:
+    """Whether the mail waits for the customer's answer: a reminder, or clarification asked."""
+    return event.kind == "reminder" or (event.kind == "status_changed" and event.new == "clarification")
+
+
+def _question(session: Session, ticket: Ticket) -> dict | None:
+    """The question the ticket waits on: an agent's last public comment before the status
+    became clarification (status_changed_at is that moment while it stays there)."""
+    comment = session.exec(
+        select(Comment).where(Comment.ticket_id == ticket.id, Comment.author_agent.is_not(None),
+                              Comment.internal.is_(False), Comment.created_at <= ticket.status_changed_at)
+        .order_by(Comment.created_at.desc(), Comment.id.desc()).limit(1)
+    ).first()
+    if comment is None:
+        return None
+    return {"author": comment.author_agent, "body": _clip(comment.body), "date": aware(comment.created_at).date().isoformat()}
 
 
 def _comment(session: Session, comment_id: int | None) -> dict | None:
@@ -95,7 +126,7 @@ def _link(app, ticket: Ticket, contact: Contact) -> str | None:
     base = app.config.http.public_url
     if not base:
         return None
-    return tokens.url(base, tokens.make(app.signer, ticket.key, contact.email))
+    return tokens.url(base, tokens.make(app.signer, ticket.id, contact.id))
 
 
 def _clip(text: str) -> str:

@@ -240,10 +240,20 @@ class _Unfolded:
 
 def _unstructured(value: str) -> str | Header:
     """VALUE (one line, see header_text) as header text: RFC 2047 encoded when it is not plain
-    ASCII or could be read as an encoded word."""
+    ASCII or could be read as an encoded word — but only from the first word that needs it,
+    so the leading `[SD-42]` tag stays plain ASCII outside any encoded word, where mail
+    filters and people searching for `[SD-` find it (SPEC §5)."""
     if value.isascii() and "=?" not in value:
         return value
-    return Header(value, _UTF8)
+    words = value.split(" ")
+    plain = 0
+    while plain < len(words) and words[plain].isascii() and "=?" not in words[plain]:
+        plain += 1
+    if not plain:
+        return Header(value, _UTF8)
+    header = Header(" ".join(words[:plain]), "us-ascii")
+    header.append(" ".join(words[plain:]), _UTF8)  # the space between the two is kept
+    return header
 
 
 @functools.lru_cache(maxsize=8192)

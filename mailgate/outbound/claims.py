@@ -170,6 +170,36 @@ def expire(db: Database, now: datetime, max_age_hours: float) -> int:
         return len(rows)
 
 
+class NotRetryable(ValueError):
+    """An outbound row that `outbox retry` cannot make due (unknown, sent or bounced)."""
+
+
+def make_due(db: Database, now: datetime, row_id: int | None = None) -> int:
+    """`mailgate outbox retry`: make queued rows due now — ROW_ID, or every queued row when it
+    is None; a lease a sender holds is left alone (that row is being tried right now).
+
+    A `failed` row named by its id is queued again with a fresh age: created_at becomes now,
+    so it gets the whole `max_age_hours` once more (a failed row is old, or failed by a 5xx,
+    and the operator who retries it has fixed the cause). `--all` touches no failed row: a
+    mass retry of failures would resend what a relay refused on purpose. Sent and bounced
+    rows are final (a bounce means the address refused it)."""
+    with db.session() as session:
+        if row_id is None:
+            result = session.execute(
+                sa.update(Outbound).where(Outbound.status == "queued").values(next_attempt_at=now))
+            return result.rowcount
+        row = session.get(Outbound, row_id)
+        if row is None:
+            raise NotRetryable(f"no outbound message {row_id}")
+        if row.status in ("sent", "bounced"):
+            raise NotRetryable(f"outbound {row_id} is {row.status}; nothing to retry")
+        if row.status == "failed":
+            row.status, row.created_at, row.claimed_until, row.claimed_by = "queued", now, None, None
+        row.next_attempt_at = now
+        session.add(row)
+        return 1
+
+
 def next_due(db: Database, now: datetime) -> datetime | None:
     """When a queued row can next be claimed: its next attempt, or, for a row another sender
     holds (or a crashed one left), the end of that lease. Waiting on a held row's

@@ -33,9 +33,14 @@ from mailgate.serve.workers import WorkerPool
 
 log = logging.getLogger("mailgate.daemon")
 
+# The shutdown's bounds stay below the unit's TimeoutStopSec (50 s; tests/unit/test_unit_file.py
+# checks it), so systemd never has to SIGKILL us.
 SMTP_GRACE_SECONDS = 10  # a message being handed over when SIGTERM comes is finished within this
 IMAP_STOP_SECONDS = 10  # an IDLE notices `stopping` within a second; a fetch may take longer
 SHUTDOWN_GRACE_SECONDS = 20  # processing and sending, from SIGTERM on (a worker: STOP_SECONDS)
+# The listeners and the mailboxes stop side by side, then processing and sending get what is
+# left of their grace: the whole shutdown takes at most this long.
+STOP_BOUND_SECONDS = max(SMTP_GRACE_SECONDS, IMAP_STOP_SECONDS) + SHUTDOWN_GRACE_SECONDS
 
 
 class Daemon:

@@ -16,8 +16,9 @@ dies leaves its message to be recovered by the child started in its place.
 The daemon and a child talk over the child's standard streams:
     daemon → child  a line per spooled message (wake up); EOF: stop after the message in hand
     child → daemon  "ready" once it handles signals; "taking SPOOL_ID" and "left SPOOL_ID"
-                    around each message; "done OUTCOME SECONDS" per message (for /metrics);
-                    "queued" after a transaction queued mail (wake the sender)
+                    around each message; "queued" after a transaction queued mail (wake the sender)
+A child counts its messages for /metrics itself, in the instance's counter file, as every
+process does (mailgate.metrics).
 A child also stops on SIGTERM (systemd signals the whole control group) and reloads on SIGHUP.
 It dies with the daemon (PR_SET_PDEATHSIG), even when stuck where EOF is never read; at a
 shutdown one that does not finish within STOP_SECONDS is killed.
@@ -216,9 +217,6 @@ class WorkerPool:
                 self._taking(child.pid, rest)
             elif kind == "left":
                 self._holding.get(child.pid, {}).pop(rest, None)
-            elif kind == "done":
-                outcome, _, seconds = rest.partition(" ")
-                self.app.metrics.message(outcome, float(seconds) if seconds else None)
             elif kind == "queued" and self.app.on_outbound_queued is not None:
                 self.app.on_outbound_queued()
 
@@ -248,10 +246,7 @@ class _Reports:
             except BrokenPipeError:
                 pass
 
-    # the two calls the pipeline and the notifications make on App.metrics / App.on_outbound_queued
-    def message(self, outcome: str, seconds: float | None) -> None:
-        self.send(f"done {outcome} {seconds if seconds is not None else ''}".rstrip())
-
+    # the call the notifications make on App.on_outbound_queued
     def queued(self) -> None:
         self.send("queued")
 
@@ -293,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     config = config_module.load(args.config) if args.config else config_module.Config()
     configure_logging(config)
     reports = _Reports(sys.stdout.fileno())
-    app = App(config, metrics=reports, on_outbound_queued=reports.queued)  # the daemon keeps the figures
+    app = App(config, on_outbound_queued=reports.queued)
     return asyncio.run(_serve_child(app, reports))
 
 

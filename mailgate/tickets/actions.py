@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlmodel import Session
 
 from mailgate import notify
-from mailgate.models import Comment, Ticket, utcnow
+from mailgate.models import Comment, Organisation, Ticket, utcnow
 from mailgate.tickets import service
 
 
@@ -22,10 +22,14 @@ def comment(session: Session, app, ticket: Ticket, agent: str, body: str, intern
 
 
 def set_fields(session: Session, app, ticket: Ticket, *, status: str | None = None, type: str | None = None,
-               priority: str | None = None, confidential: bool | None = None, now: datetime | None = None) -> None:
-    """Change TICKET's status, type, priority (by the guide's rules) and confidential flag."""
+               priority: str | None = None, confidential: bool | None = None, agent: str | None = None,
+               now: datetime | None = None) -> None:
+    """Change TICKET's status, type, priority (by the guide's rules) and confidential flag, as
+    AGENT: one notification per recipient however many fields change."""
+    if confidential:
+        service.check_confidential(ticket, session.get(Organisation, ticket.organisation_id))
     if status or type or priority:
-        events = service.agent_set(ticket, now or utcnow(), status=status, type=type, priority=priority)
+        events = service.agent_set(ticket, now or utcnow(), status=status, type=type, priority=priority, agent=agent)
     else:
         events = []
     if confidential is not None:

@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 
 from mailgate.mail import refs
 from mailgate.mail.parse import ParsedAttachment
-from mailgate.models import Attachment, Comment, Contact, Counter, Subscription, ThreadMessage, Ticket
+from mailgate.models import Attachment, Comment, Contact, Counter, Organisation, Subscription, ThreadMessage, Ticket
 from mailgate.tickets.events import Event
 
 TICKET_COUNTER = "ticket"
@@ -176,9 +176,11 @@ def agent_comment(session: Session, ticket: Ticket, agent: str, body: str, inter
 
 def agent_set(
     ticket: Ticket, now: datetime, *, status: str | None = None, type: str | None = None,
-    priority: str | None = None,
+    priority: str | None = None, agent: str | None = None,
 ) -> list[Event]:
-    """Change status, type and priority by the rules of the guide; returns the events."""
+    """Change status, type and priority by the rules of the guide. One action is one event
+    (SPEC §5: one notification per recipient), named after its weightiest change — status,
+    then type, then priority — and carrying every change in `data["changes"]`."""
     from mailgate.models import PRIORITIES, PRIORITISED_TYPES, STATUSES, TYPES
 
     _check_open(ticket)
@@ -188,19 +190,43 @@ def agent_set(
     new_type = type or ticket.type
     if priority and new_type not in PRIORITISED_TYPES:
         raise TicketError(f"a priority belongs to incidents and defects, not to {new_type}")
-    events: list[Event] = []
+    changes: list[Event] = []
     if type and type != ticket.type:
-        events.append(Event("type_changed", ticket.id, old=ticket.type, new=type))
+        changes.append(Event("type_changed", ticket.id, old=ticket.type, new=type))
         ticket.type = type
-        if type not in PRIORITISED_TYPES:
-            ticket.priority = None  # a request has no priority; it goes with the type
+        if type not in PRIORITISED_TYPES and ticket.priority:
+            # a request has no priority; it goes with the type
+            changes.append(Event("priority_changed", ticket.id, old=ticket.priority, new=None))
+            ticket.priority = None
     if priority and priority != ticket.priority:
-        events.append(Event("priority_changed", ticket.id, old=ticket.priority, new=priority))
+        changes.append(Event("priority_changed", ticket.id, old=ticket.priority, new=priority))
         ticket.priority = priority
     if status:
-        events += set_status(ticket, status, now)
+        changes += set_status(ticket, status, now)
     ticket.updated_at = now
-    return events
+    return [one_event(changes, agent)] if changes else []
+
+
+_WEIGHT = {"status_changed": 0, "type_changed": 1, "priority_changed": 2}
+
+
+def one_event(changes: list[Event], agent: str | None = None) -> Event:
+    """CHANGES of one action as one event: the weightiest, listing them all (field, old, new)."""
+    main = min(changes, key=lambda e: _WEIGHT[e.kind])
+    main.data["changes"] = [{"field": e.kind.removesuffix("_changed"), "old": e.old, "new": e.new}
+                            for e in sorted(changes, key=lambda e: _WEIGHT[e.kind])]
+    if agent:
+        main.data["agent"] = agent
+    return main
+
+
+def check_confidential(ticket: Ticket, organisation: Organisation) -> None:
+    """A confidential ticket is seen only by agents of its organisation's region (guide §2.5):
+    without a region nobody would see it again, the agent who set it included."""
+    if not organisation.region:
+        raise TicketError(f"organisation {organisation.name!r} has no region, so a confidential {ticket.key} "
+                          f"would be visible to no agent; give it one first: mailgate org set "
+                          f"{organisation.name!r} --region REGION")
 
 
 def _check_open(ticket: Ticket) -> None:

@@ -4,6 +4,7 @@ and misdirected tokens change nothing."""
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import re
@@ -17,7 +18,7 @@ from sqlmodel import select
 
 from mailgate import config as config_module
 from mailgate.app import App
-from mailgate.models import Outbound, Ticket
+from mailgate.models import Contact, Outbound, Ticket
 from mailgate.notify import tokens
 from tests import world
 from tests.inprocess import running_http
@@ -62,11 +63,21 @@ def _subscriptions(cli, key: str = "SD-1") -> dict[str, bool]:
     return {s["contact"]: s["notify"] for s in cli_json(cli, "ticket", "show", key)["subscriptions"]}
 
 
-def _tampered(link: str, key: str | None = None, email_address: str | None = None, sig: str | None = None) -> str:
+def _ids(app: App, key: str | None = None, email_address: str | None = None) -> tuple[int | None, int | None]:
+    with app.db.session() as s:
+        ticket = s.exec(select(Ticket).where(Ticket.key == key)).first() if key else None
+        contact = s.exec(select(Contact).where(Contact.email == email_address)).first() if email_address else None
+        return (ticket.id if ticket else None), (contact.id if contact else None)
+
+
+def _tampered(app: App, link: str, key: str | None = None, email_address: str | None = None,
+              sig: str | None = None) -> str:
+    """LINK with another ticket or contact put into its payload, keeping its signature."""
     base, token = link.rsplit("/", 1)
     payload, signature = token.split(".")
-    old_key, old_email = tokens._unb64(payload).split("\n")
-    payload = tokens._b64(f"{key or old_key}\n{email_address or old_email}")
+    old_ticket, old_contact = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode().split(":")
+    ticket_id, contact_id = _ids(app, key, email_address)
+    payload = base64.urlsafe_b64encode(f"{ticket_id or old_ticket}:{contact_id or old_contact}".encode()).decode().rstrip("=")
     return f"{base}/{payload}.{sig or signature}"
 
 
@@ -101,12 +112,12 @@ def test_a_forged_token_changes_nothing(served, cli):
     app, _ = served
     link = _link(app, "bernd@acme.example")
     forged = [
-        _tampered(link, sig="0" * 20),
+        _tampered(app, link, sig="0" * 20),
         link[:-1] + ("0" if link[-1] != "0" else "1"),
-        link.rsplit("/", 1)[0] + "/" + tokens._b64("SD-1\nbernd@acme.example") + ".",
+        link.rsplit(".", 1)[0] + ".",
         link.rsplit("/", 1)[0] + "/garbage",
         link.rsplit("/", 1)[0] + "/" + tokens.make(app.signer.__class__(b"another-secret", "example.com"),
-                                                   "SD-1", "bernd@acme.example"),
+                                                   *_ids(app, "SD-1", "bernd@acme.example")),
     ]
     for url in forged:
         assert _request(url)[0] == 404, url
@@ -118,11 +129,11 @@ def test_a_forged_token_changes_nothing(served, cli):
 def test_another_contacts_token_cannot_switch_this_contact(served, cli):
     app, _ = served
     bernds = _link(app, "bernd@acme.example")
-    as_carol = _tampered(bernds, email_address="carol@acme.example")  # bernd's signature, carol's address
+    as_carol = _tampered(app, bernds, email_address="carol@acme.example")  # bernd's signature, carol's address
     assert _request(as_carol, {"notify": "on"})[0] == 404
     assert _request(as_carol, {"List-Unsubscribe": "One-Click"})[0] == 404
     alices = _link(app, "alice@acme.example")
-    assert _request(_tampered(alices, email_address="bernd@acme.example"), {"notify": "on"})[0] == 404
+    assert _request(_tampered(app, alices, email_address="bernd@acme.example"), {"notify": "on"})[0] == 404
     assert _subscriptions(cli) == {}
     assert _request(bernds, {"notify": "on"})[0] == 200  # bernd's own link switches bernd only
     assert _subscriptions(cli) == {"bernd@acme.example": True}
@@ -131,8 +142,8 @@ def test_another_contacts_token_cannot_switch_this_contact(served, cli):
 def test_a_token_for_another_ticket_is_refused(served, cli):
     app, _ = served
     ginas = _link(app, "gina@globex.example", "SD-2")
-    assert _request(_tampered(ginas, key="SD-1"), {"notify": "on"})[0] == 404
-    assert _request(_tampered(_link(app, "alice@acme.example"), key="SD-2"), {"notify": "off"})[0] == 404
+    assert _request(_tampered(app, ginas, key="SD-1"), {"notify": "on"})[0] == 404
+    assert _request(_tampered(app, _link(app, "alice@acme.example"), key="SD-2"), {"notify": "off"})[0] == 404
     assert _subscriptions(cli, "SD-1") == {} and _subscriptions(cli, "SD-2") == {}
     # a genuine token of someone who may not see the ticket (any more) is refused as well
     with app.db.session() as s:
@@ -147,4 +158,38 @@ def test_the_page_escapes_customer_text(served, cli):
         s.execute(sa.update(Ticket).where(Ticket.key == "SD-1").values(summary="<script>alert(1)</script>"))
     status, page = _request(_link(app, "alice@acme.example"))
     assert status == 200 and "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert re.search(r"<title>Notifications for SD-1</title>", page)
+    assert re.search(r"<title>Notifications for SD-1 - Service Desk</title>", page)
+
+
+def _get(url: str, language: str | None = None) -> tuple[int, str, str]:
+    request = urllib.request.Request(url, headers={"Accept-Language": language} if language else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["Content-Type"], e.read().decode()
+
+
+def test_the_token_is_opaque_and_a_broken_link_is_a_page_in_the_contacts_language(served, cli):
+    """Issue 14 (8): the link showed the address in base64; a broken link answered in English
+    text/plain to a German contact; no page named the service desk."""
+    app, _ = served
+    bernds = _link(app, "bernd@acme.example")
+    token = bernds.rsplit("/", 1)[1]
+    payload = base64.urlsafe_b64decode(token.split(".")[0] + "==").decode(errors="replace")
+    assert "bernd" not in payload and "acme" not in payload and "SD-1" not in payload
+    status, kind, page = _get(bernds)
+    assert status == 200 and "Service Desk" in page  # the page names the desk
+    # forged, with bernd's contact id in it: the page is German, named after the desk
+    status, kind, page = _get(bernds[:-1] + ("0" if bernds[-1] != "0" else "1"))
+    assert status == 404  # the signature is wrong, so nothing of bernd is known: browser's language
+    status, kind, page = _get(bernds.rsplit("/", 1)[0] + "/garbage", language="de-DE,de;q=0.9,en;q=0.5")
+    assert status == 404 and kind.startswith("text/html") and 'lang="de"' in page
+    assert "Service Desk" in page and "ungültig" in page
+    status, kind, page = _get(bernds.rsplit("/", 1)[0] + "/garbage")
+    assert status == 404 and 'lang="en"' in page and "not valid" in page
+    # a genuine link of a contact who may no longer see the ticket: in the contact's language
+    with app.db.session() as s:
+        s.execute(sa.update(Ticket).where(Ticket.key == "SD-1").values(shared=False))
+    status, kind, page = _get(bernds, language="en")
+    assert status == 403 and 'lang="de"' in page and "nicht mehr sichtbar" in page

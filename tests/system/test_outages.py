@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import smtplib
-import subprocess
 
 import pytest
 
 from tests import pgserver
-from tests.support import make_message, send, wait_for, write_config
+from tests.support import fill_disk, make_message, send, tmpfs, wait_for, write_config
 
 
 def _inbox(cli, config):
@@ -51,14 +50,8 @@ def test_database_stopped_mid_run(tmp_path, private_pg, daemon, cli):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mount = tmp_path / "state"
-    mount.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True, capture_output=True)
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        pytest.skip("cannot mount a tmpfs here")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "state", "4m") as mount:
+        yield mount
 
 
 @pytest.mark.slow
@@ -68,13 +61,7 @@ def test_spool_disk_full_answers_451_and_recovers(small_disk, database_url, tmp_
     cli("contact", "add", "alice@acme.example", "--name", "Alice", "--org", "Acme", config=config)
     d = daemon(config)
     filler = small_disk / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    fill_disk(filler)
     with pytest.raises(smtplib.SMTPDataError) as refused:
         send(d.smtp_port, make_message(subject="No room", body="x" * 200_000))
     assert refused.value.smtp_code == 451 and b"4.3.0" in refused.value.smtp_error

@@ -317,9 +317,10 @@ def test_outbox_list_json(config_path, cli):
                        "subject": "[SD-1] Login page shows error 500", "status": "queued", "attempts": 0,
                        "last_error": None}
     assert datetime.fromisoformat(due) <= utcnow()
+    assert due.endswith("+00:00")
     assert [r["to"] for r in rows] == SEED_RECIPIENTS
     cli("outbox", "flush")
-    assert {r["status"] for r in cli_json(cli, "outbox", "list")} == {"sent"}
+    assert {(r["status"], r["next_attempt_at"]) for r in cli_json(cli, "outbox", "list")} == {("sent", None)}
     code, out, _ = cli("outbox", "list")
     assert code == 0 and len(out.strip().splitlines()) == 4 and "sent" in out
     app.db.dispose()

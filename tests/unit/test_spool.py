@@ -177,10 +177,12 @@ def test_spool_error_when_tmp_is_not_a_directory(spool):
     with pytest.raises(SpoolError):
         spool.put_claimed(RAW, Envelope(sender="a@b.example", recipients=[]))
     assert spool.waiting() == [] and files(spool.cur) == []
-    assert spool.writable() is False
+    with pytest.raises(SpoolError, match="cannot write spool/tmp"):
+        spool.probe()
     spool.tmp.unlink()
     spool.ensure()
-    assert spool.writable() is True
+    spool.probe()
+    assert files(spool.new) == [] and files(spool.tmp) == []
     spool_id = spool.put(RAW, Envelope(sender="a@b.example", recipients=[]))
     assert spool.waiting() == [spool_id]
 
