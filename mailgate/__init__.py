@@ -1,3 +1,4 @@
 """mailgate: the e-mail gateway of a service desk."""
 
 __version__ = "0.1.0"
+LANGUAGES = ("en", "de")  # what mailgate speaks: the contacts' languages, the templates' folders

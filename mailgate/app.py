@@ -8,14 +8,16 @@ import dataclasses
 import logging
 import sys
 from functools import cached_property
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from mailgate import config as config_module
 from mailgate.blobs import BlobStore
 from mailgate.config import Config
 from mailgate.core.spool import Spool
-from mailgate.db import Database
 from mailgate.signing import Signer, load_secret
+
+if TYPE_CHECKING:
+    from mailgate.db import Database
 
 log = logging.getLogger("mailgate")
 
@@ -41,7 +43,9 @@ class App:
         self._renderer = None
 
     @cached_property
-    def db(self) -> Database:
+    def db(self) -> "Database":
+        from mailgate.db import Database  # SQLAlchemy: only for what touches the database
+
         return Database(self.config.database_url)
 
     @cached_property

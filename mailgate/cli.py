@@ -2,6 +2,10 @@
 
 Every failure the user can cause — a bad config file, an unknown key, address or organisation —
 ends as one line on stderr and a non-zero exit, never a traceback.
+
+Each command imports what it uses when it runs: `mailgate --version` and a `deliver` handed to
+the daemon never load the database layer, the parsers or the templates (issue 16: Postfix's
+pipe transport starts one `deliver` per message).
 """
 
 from __future__ import annotations
@@ -11,14 +15,14 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
-from sqlmodel import select
-
-from mailgate import __version__, config as config_module, contacts, shapes, terminal
-from mailgate.app import App, configure_logging
+from mailgate import LANGUAGES, __version__, config as config_module, terminal
 from mailgate.config import ConfigError
-from mailgate.errors import first_line, is_transient
+from mailgate.errors import first_line, is_database_error, is_transient
+
+if TYPE_CHECKING:
+    from mailgate.app import App
 
 log = logging.getLogger("mailgate")
 
@@ -59,15 +63,18 @@ def cmd_deliver(app: App, args) -> int:
 
     limit = app.config.smtp.max_message_size
     raw = pipe.read_message(sys.stdin.buffer, limit)
-    if raw is None:
-        _error(f"5.3.4 message too big: over smtp.max_message_size ({limit} bytes)")
-        return pipe.EX_DATAERR
-    try:
-        app.prepare()
-    except (OSError, sa.exc.OperationalError) as e:
-        _error(f"cannot store the message now: {first_line(e)}")
-        return pipe.EX_TEMPFAIL
-    delivery = pipe.deliver(app, raw, args.sender, args.recipient)
+    delivery = pipe.refusal(app.config, limit + 1 if raw is None else len(raw), args.recipient)
+    if delivery is None:
+        delivery = pipe.hand_over(app.config, raw, args.sender, args.recipient)
+    if delivery is None:  # no daemon runs: processed here
+        try:
+            app.prepare()
+        except Exception as e:
+            if not (isinstance(e, OSError) or is_transient(e)):
+                raise
+            _error(f"cannot store the message now: {first_line(e)}")
+            return pipe.EX_TEMPFAIL
+        delivery = pipe.deliver(app, raw, args.sender, args.recipient)
     if delivery.error:
         _error(delivery.error)
     if args.json:
@@ -77,6 +84,8 @@ def cmd_deliver(app: App, args) -> int:
 
 
 def cmd_org_add(app: App, args) -> int:
+    from mailgate import contacts
+
     with _session(app) as s:
         org = contacts.add_organisation(s, args.name, args.region)
         print(f"organisation {org.name} added")
@@ -84,12 +93,16 @@ def cmd_org_add(app: App, args) -> int:
 
 
 def cmd_org_list(app: App, args) -> int:
+    from mailgate import contacts
+
     with _session(app) as s:
         rows = contacts.organisation_rows(s)
     return _show_rows(args, rows, lambda r: f"{r['name']:<30} {r['region'] or '-':<10} {r['contacts']:>6} contacts")
 
 
 def cmd_org_set(app: App, args) -> int:
+    from mailgate import contacts
+
     if args.region is None:
         raise CliError("nothing to set: give --region REGION (or --region \"\" for none)", EX_USAGE)
     with _session(app) as s:
@@ -99,6 +112,8 @@ def cmd_org_set(app: App, args) -> int:
 
 
 def cmd_contact_list(app: App, args) -> int:
+    from mailgate import contacts
+
     with _session(app) as s:
         rows = contacts.contact_rows(s, args.org)
     return _show_rows(args, rows, lambda r: (f"{r['email']:<36} {r['language']} {'active ' if r['active'] else 'disabled'} "
@@ -106,6 +121,8 @@ def cmd_contact_list(app: App, args) -> int:
 
 
 def cmd_contact_add(app: App, args) -> int:
+    from mailgate import contacts
+
     with _session(app) as s:
         c = contacts.add_contact(s, args.email, args.name, args.org, args.language)
         print(f"contact {c.email} added to {args.org}")
@@ -113,6 +130,8 @@ def cmd_contact_add(app: App, args) -> int:
 
 
 def cmd_contact_disable(app: App, args) -> int:
+    from mailgate import contacts
+
     with _session(app) as s:
         c = contacts.disable_contact(s, args.email)
         print(f"contact {c.email} disabled")
@@ -120,6 +139,8 @@ def cmd_contact_disable(app: App, args) -> int:
 
 
 def cmd_contact_import(app: App, args) -> int:
+    from mailgate import contacts
+
     path = Path(args.file)
     if not path.is_file():
         raise CliError(f"{path}: no such file")
@@ -153,6 +174,7 @@ def _ranges(numbers: list[int]) -> str:
 
 
 def cmd_ticket_list(app: App, args) -> int:
+    from mailgate import shapes
     from mailgate.models import Ticket
 
     return _listing(app, args, Ticket, shapes.ticket_summary,
@@ -160,6 +182,8 @@ def cmd_ticket_list(app: App, args) -> int:
 
 
 def cmd_ticket_show(app: App, args) -> int:
+    from mailgate import shapes
+
     with _session(app) as s:
         detail = shapes.ticket_detail(_ticket(s, args.key), shapes.Names(s))
     if args.json:
@@ -232,6 +256,7 @@ def _rules(action, *args, **kwargs):
 
 
 def cmd_inbox_list(app: App, args) -> int:
+    from mailgate import shapes
     from mailgate.models import Inbound
 
     return _listing(app, args, Inbound, shapes.inbound, lambda r: (
@@ -254,6 +279,7 @@ def cmd_inbox_reprocess(app: App, args) -> int:
 
 
 def cmd_notify(app: App, args) -> int:
+    from mailgate import contacts
     from mailgate.notify import subscriptions
 
     with _session(app) as s:
@@ -267,6 +293,7 @@ def cmd_notify(app: App, args) -> int:
 
 
 def cmd_outbox_list(app: App, args) -> int:
+    from mailgate import shapes
     from mailgate.models import Outbound
 
     return _listing(app, args, Outbound, shapes.outbound, lambda r: (
@@ -429,6 +456,8 @@ class _session:
         return self._cm.__enter__()
 
     def __exit__(self, exc_type, exc, tb):
+        from mailgate import contacts
+
         suppress = self._cm.__exit__(exc_type, exc, tb)
         if isinstance(exc, contacts.ContactsError):
             raise CliError(str(exc)) from None
@@ -437,6 +466,10 @@ class _session:
 
 def _listing(app: App, args, model, view, line) -> int:
     """All rows of MODEL in order, as JSON (--json) or one line each."""
+    from sqlmodel import select
+
+    from mailgate import shapes
+
     with _session(app) as s:
         names = shapes.Names(s)
         rows = [view(row, names) for row in s.exec(select(model).order_by(model.id))]
@@ -530,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("email")
     a.add_argument("--name", required=True)
     a.add_argument("--org", required=True)
-    a.add_argument("--language", default="en", choices=contacts.LANGUAGES)
+    a.add_argument("--language", default="en", choices=LANGUAGES)
     a.set_defaults(func=cmd_contact_add)
     a = contact.add_parser("list", help="list contacts")
     a.add_argument("--org", help="only this organisation's")
@@ -655,6 +688,8 @@ def _run(argv: list[str], deliver: bool = False) -> int:
     except ConfigError as e:
         _error(f"config: {e}")
         return EX_TEMPFAIL if deliver else EX_CONFIG
+    from mailgate.app import App, configure_logging
+
     configure_logging(cfg)
     app = App(cfg)
     try:
@@ -662,13 +697,13 @@ def _run(argv: list[str], deliver: bool = False) -> int:
     except CliError as e:
         _error(str(e))
         return e.code
-    except sa.exc.SQLAlchemyError as e:
-        if not is_transient(e):
-            raise
-        _error(f"database unavailable: {first_line(e)}")
-        return EX_UNAVAILABLE
     except OSError as e:
         _error(f"{e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}")
+        return EX_UNAVAILABLE
+    except Exception as e:
+        if not (is_database_error(e) and is_transient(e)):
+            raise
+        _error(f"database unavailable: {first_line(e)}")
         return EX_UNAVAILABLE
     except KeyboardInterrupt:
         return 130

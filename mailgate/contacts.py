@@ -10,9 +10,9 @@ from pathlib import Path
 import charset_normalizer
 from sqlmodel import Session, func, select
 
+from mailgate import LANGUAGES
 from mailgate.models import Contact, Organisation
 
-LANGUAGES = ("en", "de")
 
 
 class ContactsError(ValueError):

@@ -9,7 +9,7 @@ of an operator's output.
 
 from __future__ import annotations
 
-import sqlalchemy as sa
+import sys
 
 
 class Transient(Exception):
@@ -25,9 +25,18 @@ def is_transient(error: BaseException) -> bool:
     """
     if isinstance(error, Transient):
         return True
-    if isinstance(error, (sa.exc.OperationalError, sa.exc.TimeoutError)):
+    exc = sys.modules.get("sqlalchemy.exc")  # not imported: no database error can have happened
+    if exc is None:
+        return False
+    if isinstance(error, (exc.OperationalError, exc.TimeoutError)):
         return True
-    return isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated
+    return isinstance(error, exc.DBAPIError) and error.connection_invalidated
+
+
+def is_database_error(error: BaseException) -> bool:
+    """Whether ERROR is the database's (SQLAlchemy's), without importing SQLAlchemy."""
+    exc = sys.modules.get("sqlalchemy.exc")
+    return exc is not None and isinstance(error, exc.SQLAlchemyError)
 
 
 def first_line(error: BaseException, limit: int = 300, with_type: bool = False) -> str:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config as AlembicConfig
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 HEAD = "0004"
@@ -20,7 +23,9 @@ HEAD = "0004"
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def alembic_config(engine: sa.Engine | None = None) -> AlembicConfig:
+def alembic_config(engine: sa.Engine | None = None) -> "AlembicConfig":
+    from alembic.config import Config as AlembicConfig  # Alembic only when there is work for it
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     if engine is not None:
@@ -43,4 +48,6 @@ def current(engine: sa.Engine) -> str | None:
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
     if revision == "head" and current(engine) == HEAD:
         return
+    from alembic import command
+
     command.upgrade(alembic_config(engine), revision)

@@ -31,10 +31,10 @@ import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from mailgate.core.durable import commit, fsync_dir, unlink_quietly, write_tmp
-from mailgate.models import utcnow
 
 log = logging.getLogger("mailgate.spool")
 
@@ -66,7 +66,7 @@ class Envelope:
     sender: str | None  # envelope sender; "" is the null sender, None unknown
     recipients: list[str]
     source: str = "smtp"  # smtp, lmtp, imap, pipe
-    received_at: str = field(default_factory=lambda: utcnow().isoformat())
+    received_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     attempts: int = 0  # failed processing attempts
     deaths: int = 0  # worker processes that died with this message in hand
     deferrals: int = 0  # times it was put back to let older mail go first

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from mailgate.app import App
-from mailgate.contacts import LANGUAGES
+from mailgate import LANGUAGES
 from mailgate.db import run_blocking
 from mailgate.http import APP
 from mailgate.models import Contact, Ticket

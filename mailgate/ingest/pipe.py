@@ -8,6 +8,12 @@ MTA keeps it and tries again, so we keep nothing of it ourselves (the claim is n
 acknowledged: settling it drops our copy). The command line around this (mailgate.cli)
 answers 75 for anything else too: a usage error, a bad config file.
 
+When a daemon runs on the same state directory, the message is handed to it over its socket
+(`hand_over`; the daemon's side is mailgate.ingest.handoff): the daemon spools it with fsync,
+processes it like any other and answers with its outcome — no database, parser or template
+is loaded here, so a delivery costs little more than starting Python. With no daemon to
+answer, the message is processed here (`deliver`):
+
 The message is processed in a forked child under the budget of every message
 (mailgate.core.budget): a child that overruns it is killed, and one that dies is not waited
 for again; either way this process has the message quarantined, unparsed, and exits 0 — the
@@ -17,19 +23,30 @@ process, without a budget.)
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import socket
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
-from mailgate.app import App
-from mailgate.core.budget import Budget, run_bounded
-from mailgate.core.pipeline import Result
-from mailgate.core.runner import Handled, Runner
 from mailgate.core.spool import Disposition, Envelope, SpoolError
 from mailgate.mail.addresses import is_support_address
+
+if TYPE_CHECKING:
+    from mailgate.app import App
+    from mailgate.core.runner import Handled, Runner
 
 log = logging.getLogger("mailgate.pipe")
 
 EX_OK, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL = 0, 65, 67, 75
+SOCKET_NAME = "deliver.sock"  # in the state directory
+# How long `deliver` waits for the daemon's answer: the daemon answers within
+# handoff.OUTCOME_SECONDS of having spooled the message (with or without an outcome).
+ANSWER_SECONDS = 120
+_SUN_PATH_MAX = 100  # sockaddr_un has room for 107 bytes; a longer path goes through /proc
 
 
 def read_message(stream, limit: int) -> bytes | None:
@@ -40,15 +57,83 @@ def read_message(stream, limit: int) -> bytes | None:
 
 
 @dataclass
+class Answer:
+    """What the daemon said became of a handed-over message (None: not known yet)."""
+
+    outcome: str | None
+    ticket: str | None
+
+
+@dataclass
 class Delivery:
     exit_code: int
-    result: Result | None = None
+    result: object | None = None  # the pipeline's Result, or the daemon's Answer: .outcome, .ticket
     error: str | None = None
 
 
-def deliver(app: App, raw: bytes, sender: str | None, recipient: str | None) -> Delivery:
-    if recipient and not is_support_address(recipient, app.config.support_addresses):
+def refusal(config, size: int, recipient: str | None) -> Delivery | None:
+    """The refusal a message of SIZE bytes for RECIPIENT gets whoever takes it, or None."""
+    if size > config.smtp.max_message_size:
+        return Delivery(EX_DATAERR, error=f"5.3.4 message too big: over smtp.max_message_size "
+                                          f"({config.smtp.max_message_size} bytes)")
+    if recipient and not is_support_address(recipient, config.support_addresses):
         return Delivery(EX_NOUSER, error=f"{recipient}: not a support address")
+    return None
+
+
+# --- to the daemon ---------------------------------------------------------------------------
+
+
+def socket_path(config) -> Path:
+    return Path(config.state_dir) / SOCKET_NAME
+
+
+@contextlib.contextmanager
+def unix_address(path: Path) -> Iterator[str]:
+    """An address for bind or connect that names PATH, however long (through /proc when it is
+    too long for sockaddr_un)."""
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+def hand_over(config, raw: bytes, sender: str | None, recipient: str | None) -> Delivery | None:
+    """Hand RAW to the daemon running on CONFIG's state directory: it answers once the message is
+    spooled (fsynced) and processed, or has waited long enough for that — either way the message
+    is its own then. None when no daemon takes it (no socket, a stale one, not ours to use)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with unix_address(socket_path(config)) as address:
+            sock.connect(address)
+    except OSError:
+        sock.close()
+        return None
+    with sock:
+        sock.settimeout(ANSWER_SECONDS)
+        try:
+            head = {"sender": sender, "recipient": recipient, "size": len(raw)}
+            sock.sendall(json.dumps(head).encode() + b"\n" + raw)
+            answer = json.loads(sock.makefile("rb").readline() or b"null")
+            code = answer["code"]
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            # Spooled or not, we cannot tell: the MTA tries again, de-duplication drops a copy.
+            return Delivery(EX_TEMPFAIL, error=f"the daemon gave no answer: {e or type(e).__name__}")
+    return Delivery(code, Answer(answer.get("outcome"), answer.get("ticket")), answer.get("error"))
+
+
+# --- here, without a daemon ------------------------------------------------------------------
+
+
+def deliver(app: App, raw: bytes, sender: str | None, recipient: str | None) -> Delivery:
+    from mailgate.core.runner import Handled, Runner  # the pipeline: parsers, database, templates
+
+    if refused := refusal(app.config, len(raw), recipient):
+        return refused
     envelope = Envelope(sender=sender, recipients=[recipient] if recipient else [], source="pipe")
     try:
         claim = app.spool.put_claimed(raw, envelope)
@@ -78,6 +163,8 @@ def _handle(runner: Runner, claim) -> Handled:
 
 def _handle_bounded(app: App, runner: Runner, claim) -> Handled:
     """`_handle` in a child under the budget; the runner decides when the child gave no answer."""
+    from mailgate.core.budget import Budget, run_bounded
+
     budget = Budget.of(app.config)
     app.close()  # no database connection crosses the fork: the child opens its own
     outcome = run_bounded(lambda: _handle(runner, claim), budget)

@@ -26,7 +26,7 @@ from mailgate.core.runner import Runner
 from mailgate.db import run_blocking
 from mailgate.errors import first_line
 from mailgate.http import server as http_server
-from mailgate.ingest import imap, smtp
+from mailgate.ingest import handoff, imap, smtp
 from mailgate.outbound.sender import Sender
 from mailgate.serve import sdnotify
 from mailgate.serve.workers import WorkerPool
@@ -48,12 +48,14 @@ class Daemon:
         self.app = app
         self.stopping = asyncio.Event()
         processes = app.config.processing.processes
-        self.pool = WorkerPool(app, processes) if processes > 0 else None
-        self.processing = self.pool or Runner(app).warm_up()
+        self.listener = smtp.Listener(app, self._on_spooled)
+        # `mailgate deliver` hands its message over here when the daemon runs (issue 16).
+        self.handoff = handoff.Handoff(app, self._on_spooled, self.listener.in_flight, self.stopping)
+        self.pool = WorkerPool(app, processes, on_claim=self.handoff.on_claim) if processes > 0 else None
+        self.processing = self.pool or Runner(app, on_claim=self.handoff.on_claim).warm_up()
         self.sender = Sender(app)
         app.on_outbound_queued = self.sender.wake_threadsafe  # mail queued → sent now, not at the next poll
-        self.mailboxes = imap.Pollers(app, self.processing.on_spooled)
-        self.listener = smtp.Listener(app, self.processing.on_spooled)
+        self.mailboxes = imap.Pollers(app, self._on_spooled)
         self.servers: list = []
         self.http_runner = None
 
@@ -92,6 +94,9 @@ class Daemon:
         if self.pool is not None:
             self.pool.kill_all()
 
+    def _on_spooled(self) -> None:
+        self.processing.on_spooled()
+
     def reload(self) -> None:
         """SIGHUP: the config that can change without a restart, and the templates — here
         and in the processing worker processes."""
@@ -125,6 +130,10 @@ class Daemon:
             server = await self.listener.start()
             self.servers.append(server)
             _announce(f"{'LMTP' if cfg.smtp.lmtp else 'SMTP'} on {_bound(server)}")
+        try:
+            await self.handoff.start()
+        except OSError as e:  # deliver then processes its messages itself, as without a daemon
+            log.error("cannot open the socket for mailgate deliver (%s): %s", self.handoff.path, e.strerror or e)
         if cfg.http.enabled:
             self.http_runner = await http_server.start(self.app, self.mailboxes)
             _announce(f"HTTP on {cfg.http.host}:{_http_port(self.http_runner)}")
@@ -137,6 +146,7 @@ class Daemon:
         self.mailboxes.start(self.stopping)
 
     async def _stop_listeners(self) -> None:
+        await self.handoff.stop(SMTP_GRACE_SECONDS)
         if self.servers:
             cut = await self.listener.stop(SMTP_GRACE_SECONDS)
             if cut:

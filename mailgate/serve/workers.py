@@ -39,8 +39,8 @@ import signal
 import sys
 import threading
 import time
-
 from dataclasses import dataclass
+from typing import Callable
 
 import tenacity
 
@@ -73,9 +73,10 @@ class WorkerPool:
     """The daemon's side: keeps COUNT children running, wakes them, gathers their results,
     and holds each message to its budget (mailgate.core.budget)."""
 
-    def __init__(self, app: App, count: int):
+    def __init__(self, app: App, count: int, on_claim: Callable[[str, bool], None] | None = None):
         self.app = app
         self.count = count
+        self.on_claim = on_claim  # (spool_id, True) when a child takes a message, False when it lets go
         self.budget = Budget.of(app.config)
         self.runner = Runner(app)  # decides about a message whose worker was killed over it
         self._children: dict[int, asyncio.subprocess.Process] = {}
@@ -154,6 +155,7 @@ class WorkerPool:
         shared = held[spool_id].shared if spool_id in held else False
         handled = await run_blocking(self.runner.over_budget, claim, self.budget.describe_overrun(), shared)
         await run_blocking(self.app.spool.settle, claim, handled.disposition)
+        self._tell(spool_id, False)
 
     async def _start(self) -> asyncio.subprocess.Process:
         source = self.app.config.source
@@ -215,10 +217,16 @@ class WorkerPool:
                     child.send_signal(signal.SIGHUP)
             elif kind == "taking":
                 self._taking(child.pid, rest)
+                self._tell(rest, True)
             elif kind == "left":
                 self._holding.get(child.pid, {}).pop(rest, None)
+                self._tell(rest, False)
             elif kind == "queued" and self.app.on_outbound_queued is not None:
                 self.app.on_outbound_queued()
+
+    def _tell(self, spool_id: str, working: bool) -> None:
+        if self.on_claim is not None:
+            self.on_claim(spool_id, working)
 
     def _taking(self, pid: int, spool_id: str) -> None:
         held = self._holding.setdefault(pid, {})
