@@ -35,8 +35,9 @@ if [ ${#wanted[@]} -gt 0 ]; then
     fi
 fi
 
-# Both cores (pytest-xdist); a file's tests stay on one worker, so its fixtures are made once.
-PARALLEL=(-n "${MAILGATE_TEST_WORKERS:-auto}" --dist loadfile)
+# Both cores (pytest-xdist); tests go to whichever worker is free (the expensive fixtures are
+# made per test or once per worker, so nothing is gained by keeping a file on one worker).
+PARALLEL=(-n "${MAILGATE_TEST_WORKERS:-auto}" --dist worksteal)
 
 echo "== tests on SQLite"
 MAILGATE_TEST_DB=sqlite .venv/bin/pytest "${PARALLEL[@]}" "$@"

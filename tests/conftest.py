@@ -10,12 +10,14 @@ import shutil
 import subprocess
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.support import (
-    DaemonProcess, cli_in_process, pg_create_database, pg_drop_database, pg_template, sqlite_template, write_config,
+    DaemonProcess, checkpoint, cli_in_process, pg_create_database, pg_drop_database, pg_template, sqlite_template,
+    write_config,
 )
 
 TEST_DB = os.environ.get("MAILGATE_TEST_DB", "sqlite")
@@ -58,16 +60,61 @@ def pg_template_name(db_template):
 
 
 @pytest.fixture
-def database_url(tmp_path: Path, db_template) -> str:
-    """A database of this test's own, already at the newest schema."""
+def database_url(request, tmp_path: Path, db_template) -> str:
+    """A database of this test's own, already at the newest schema — and holding the test
+    world (tests/world.py) when the test asks for `world_app` or `people_app`."""
+    template = db_template
+    for fixture, seeded in (("world_app", True), ("people_app", False)):
+        if fixture in request.fixturenames:
+            template = request.getfixturevalue("world_templates")[seeded]
+            shutil.copytree(template.state_dir, tmp_path / "state", dirs_exist_ok=True)
+            template = template.database
     if TEST_DB != "postgresql":
-        shutil.copyfile(db_template, tmp_path / "mailgate.db")
+        shutil.copyfile(template, tmp_path / "mailgate.db")
         yield f"sqlite:///{tmp_path / 'mailgate.db'}"
         return
     name = f"mg_test_{uuid.uuid4().hex[:12]}"
-    url = pg_create_database(name, template=db_template)
+    url = pg_create_database(name, template=template)
     yield url
     pg_drop_database(name)
+
+
+@dataclass(frozen=True)
+class WorldTemplate:
+    database: Path | str  # a SQLite file, or the name of a PostgreSQL template database
+    state_dir: Path  # the blobs the seed messages left (their raw bytes)
+
+
+@pytest.fixture(scope="session")
+def world_templates(tmp_path_factory, db_template):
+    """The test world built once per test process — {True: with the seed tickets, False:
+    organisations and contacts only} — to be copied into each test that asks for it
+    (building it costs a quarter of a second: two messages through the pipeline)."""
+    from mailgate import config as config_module
+    from mailgate.app import App
+    from tests import world
+
+    built, databases = {}, []
+    for seeded in (True, False):
+        root = tmp_path_factory.mktemp("world")
+        if TEST_DB == "postgresql":
+            name = f"mg_world_{os.getpid()}_{int(seeded)}"
+            pg_drop_database(name)
+            url, database = pg_create_database(name, template=db_template), name
+            databases.append(name)
+        else:
+            database = root / "mailgate.db"
+            shutil.copyfile(db_template, database)
+            url = f"sqlite:///{database}"
+        app = App(config_module.load(write_config(root / "mailgate.toml", root / "state", url, {}))).prepare()
+        world.build(app, seed_tickets=seeded)
+        app.db.dispose()  # a template database takes no connections
+        if TEST_DB != "postgresql":
+            checkpoint(database)
+        built[seeded] = WorldTemplate(database, root / "state")
+    yield built
+    for name in databases:
+        pg_drop_database(name)
 
 
 @pytest.fixture
@@ -150,12 +197,11 @@ def people_app(config_path):
 
 
 def _world(config_path: Path, seed_tickets: bool):
+    """The world was copied in with the database (`database_url`)."""
     from mailgate import config as config_module
     from mailgate.app import App
-    from tests import world
 
     app = App(config_module.load(config_path)).prepare()
-    world.build(app, seed_tickets=seed_tickets)
     yield app
     app.db.dispose()
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 
-from tests.support import wait_for
+from tests.support import group_alive, wait_for
 
 NOBODY = 65534  # Dovecot's mail processes run as nobody; the Maildirs belong to it
 USERS = {"support": "secret", "sales": "secret2"}
@@ -181,7 +181,7 @@ class Dovecot:
         group = self.proc.pid  # start_new_session made the master the leader of this group
         if _signal_group(group, signal.SIGTERM):
             try:
-                wait_for(lambda: not _signal_group(group, 0), timeout, message="dovecot's processes to end")
+                wait_for(lambda: not group_alive(group), timeout, message="dovecot's processes to end")
             except AssertionError:
                 _signal_group(group, signal.SIGKILL)
 
@@ -192,7 +192,9 @@ class Dovecot:
         subprocess.run([doveadm, "-c", str(self.conf), "kick", user], check=True, capture_output=True)
 
     def remove(self) -> None:
-        self.stop()
+        """The end of a test: nothing of the instance is needed any more, so no graceful stop."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
         shutil.rmtree(self.base, ignore_errors=True)
 
     def log(self) -> str:

@@ -50,6 +50,20 @@ def children_of(pid: int) -> list[int]:
     return sorted(found)
 
 
+def group_alive(group: int) -> bool:
+    """Whether a process of process group GROUP still runs. Zombies do not count: whoever
+    reaps orphans here may take a second to, and a zombie holds no port and no file."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            if int(fields[2]) == group and fields[0] != "Z":
+                return True
+    return False
+
+
 def alive(pid: int) -> bool:
     """Whether PID runs (a zombie counts as ended)."""
     try:
@@ -114,12 +128,20 @@ def sqlite_template(path: Path) -> None:
 
     db = Database(f"sqlite:///{path}")
     db.upgrade()
-    raw = db.engine.raw_connection()  # outside a transaction: a checkpoint cannot run inside one
-    try:
-        raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        raw.close()
     db.dispose()
+    checkpoint(path)
+
+
+def checkpoint(path: Path) -> None:
+    """Fold the SQLite database's write-ahead log into PATH, so that a copy of the file alone
+    holds everything."""
+    import sqlite3
+
+    conn = sqlite3.connect(path, isolation_level=None)  # outside a transaction, as a checkpoint must be
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
 
 
 def pg_template() -> str:

@@ -205,6 +205,8 @@ class Poller:
         Short idle_checks keep the thread answerable to `stopping`."""
         await self._blocking(client.idle)
         renew_at = time.monotonic() + IDLE_RENEW_SECONDS
+        if await self._blocking(_buffered, client):
+            renew_at = 0  # announced together with "+ idling": end the IDLE and search now
         empty_at_once = 0
         while not stopping.is_set() and time.monotonic() < renew_at:
             started = time.monotonic()
@@ -443,6 +445,22 @@ def _return_path(raw: bytes) -> str | None:
 
 
 # --- small things ---------------------------------------------------------------------
+
+
+def _buffered(client: IMAPClient) -> bool:
+    """Whether the server's replies already wait in imaplib's read buffer. What a server sends
+    together with IDLE's "+ idling" (Dovecot: "* 1 EXISTS" for mail that came after our last
+    search) is read into that buffer along with it, and imapclient's idle_check polls only the
+    socket, so it would never see them — the message would wait for the next IDLE renewal."""
+    sock = client.socket()
+    timeout = sock.gettimeout()
+    sock.setblocking(False)  # a peek at an empty buffer must not wait for the network
+    try:
+        return bool(client._imap.file.peek(1))
+    except OSError:  # nothing there (TLS says so with an error)
+        return False
+    finally:
+        sock.settimeout(timeout)
 
 
 def _backoff(failures: int) -> float:

@@ -24,6 +24,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import quote
 
+from mailgate.core import durable
+
 LOCK_TIMEOUT_SECONDS = 120.0  # longer than one token request can take (its timeout is 30 s)
 
 
@@ -91,18 +93,7 @@ class TokenStore:
     def write(self, record: TokenRecord) -> None:
         """Replace the record durably: tmp + fsync + rename, then the directory."""
         self._ensure_dir()
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(dataclasses.asdict(record), f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, self.path)
-        dir_fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        durable.write_file(self.path, [json.dumps(dataclasses.asdict(record), indent=1).encode()], mode=0o600)
 
     def changed_since(self, record: TokenRecord | None) -> bool:
         """True when the file now holds another refresh token than RECORD (a new login)."""

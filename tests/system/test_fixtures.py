@@ -23,6 +23,13 @@ CASES = tomllib.loads((FIXTURES / "manifest.toml").read_text())["case"]
 
 
 @pytest.fixture
+def config_path(make_config):
+    # Processing in the daemon: the SMTP path here is the listener, the spool and the runner;
+    # worker processes (a second each to start) have tests of their own (test_workers.py).
+    return make_config(processing={"processes": 0})
+
+
+@pytest.fixture
 def app(world_app):
     return world_app
 

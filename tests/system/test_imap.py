@@ -11,12 +11,14 @@ import urllib.error
 import urllib.request
 
 import pytest
+from imapclient import IMAPClient
 from sqlmodel import select
 
 from mailgate import config as config_module
 from mailgate.app import App
 from mailgate.models import Inbound
 from tests.dovecot import dovecot, dovecot_basic, dovecot_tls  # noqa: F401  (fixtures)
+from tests.inprocess import running_daemon
 from tests.support import add_customer, cli_json, make_message, wait_for
 
 pytestmark = pytest.mark.slow
@@ -80,6 +82,29 @@ def test_mail_appended_while_idling_becomes_a_ticket_and_is_moved(dovecot, daemo
     assert d.stop() == 0
     assert time.monotonic() - stopping < 10, "an IDLE must not hold up shutdown"
     assert "Printer on fire" not in d.output() and "It smokes" not in d.output()  # no subjects, no bodies
+
+
+def test_mail_that_arrives_just_before_idle_is_fetched_at_once(dovecot, make_config, cli, monkeypatch):
+    """Mail appended after the last search and before the IDLE command is announced together
+    with IDLE's "+ idling", in one read that leaves it in imaplib's buffer where imapclient's
+    idle_check never looks: it must be fetched now, not at the next IDLE renewal 25 minutes
+    later. The race is made certain by appending from inside the library's idle(), just
+    before the command goes out."""
+    add_customer(cli)
+    app = App(config_module.load(make_config("imap.toml", imap=[mailbox(dovecot, poll_seconds=600)],
+                                             processing={"processes": 0})))
+    real_idle, raced = IMAPClient.idle, []
+
+    def idle_after_an_append(client):
+        if not raced:
+            raced.append(True)
+            dovecot.append(make_message(subject="Just before IDLE"))
+        return real_idle(client)
+
+    monkeypatch.setattr(IMAPClient, "idle", idle_after_an_append)
+    with running_daemon(app):
+        assert wait_for(lambda: summaries(cli), timeout=15, message="the ticket") == ["Just before IDLE"]
+    app.db.dispose()
 
 
 def test_a_message_over_the_size_limit_is_left_in_the_folder_and_reported_once(dovecot, daemon, make_config, cli):
