@@ -174,11 +174,18 @@ def _ranges(numbers: list[int]) -> str:
 
 
 def cmd_ticket_list(app: App, args) -> int:
-    from mailgate import shapes
+    from mailgate import desks, shapes
     from mailgate.models import Ticket
 
+    where = ()
+    if args.desk is not None:
+        known = desks.of(app.config).names
+        if args.desk not in known:
+            raise CliError(f"unknown desk {args.desk!r}; the desks: {', '.join(known)}")
+        where = (Ticket.desk == args.desk,)
     return _listing(app, args, Ticket, shapes.ticket_summary,
-                    lambda r: f"{r['key']:<10} {r['status']:<14} {r['type']:<20} {r['creator']:<30} {r['summary']}")
+                    lambda r: f"{r['key']:<10} {r['status']:<14} {r['type']:<20} {r['creator']:<30} {r['summary']}",
+                    where)
 
 
 def cmd_ticket_show(app: App, args) -> int:
@@ -373,6 +380,7 @@ def _oauth_account(app: App, name: str):
 def cmd_explain(app: App, args) -> int:
     from mailgate.core.pipeline import Pipeline
     from mailgate.core.spool import Envelope
+    from mailgate.mail.addresses import is_support_address
 
     path = Path(args.file)
     limit = app.config.smtp.max_message_size
@@ -384,7 +392,10 @@ def cmd_explain(app: App, args) -> int:
     if len(raw) > limit:
         raise CliError(f"{path}: over smtp.max_message_size ({limit} bytes); every inbound path refuses it (552 5.3.4)")
     app.prepare()
-    envelope = Envelope(sender=args.sender, recipients=[app.config.tickets.support_addresses[0]], source="explain")
+    if args.recipient and not is_support_address(args.recipient, app.config.support_addresses):
+        raise CliError(f"--recipient: {args.recipient} is not a support address")
+    # Without --recipient the To and Cc addresses name the desk, as for `deliver` without one.
+    envelope = Envelope(sender=args.sender, recipients=[args.recipient] if args.recipient else [], source="explain")
     explained = Pipeline(app).explain(raw, envelope)
     if args.json:
         _print_json(explained)
@@ -409,7 +420,13 @@ def cmd_check_config(app: App, args) -> int:
     print(f"  database: {cfg.database_url.split('@')[-1]}")
     print(f"  state: {cfg.state_dir}")
     print(f"  {'lmtp' if cfg.smtp.lmtp else 'smtp'}: {cfg.smtp.host}:{cfg.smtp.port}; http: {cfg.http.host}:{cfg.http.port}")
-    print(f"  support addresses: {', '.join(cfg.tickets.support_addresses)}")
+    print(f"  support addresses: {', '.join(cfg.tickets.support_addresses)} (desk default, {cfg.tickets.key_prefix}-N)")
+    for desk in cfg.desks:
+        print(f"  desk {desk.name}: {', '.join(desk.addresses)} ({desk.key_prefix}-N)")
+    for agent in cfg.agents:
+        if agent.email:
+            told = f"told of new tickets and comments of {', '.join(agent.desks) or 'every desk'}" if agent.notify else "not told"
+            print(f"  agent {agent.name} by mail: {agent.email}; {told}")
     for box in cfg.imap:
         after = f"moved to {box.processed_folder}" if box.processed_folder else "expunged"
         oauth = f"; OAuth2 ({box.oauth_provider})" if box.auth == "oauth2" else ""
@@ -464,15 +481,15 @@ class _session:
         return suppress
 
 
-def _listing(app: App, args, model, view, line) -> int:
-    """All rows of MODEL in order, as JSON (--json) or one line each."""
+def _listing(app: App, args, model, view, line, where: tuple = ()) -> int:
+    """All rows of MODEL (that meet WHERE) in order, as JSON (--json) or one line each."""
     from sqlmodel import select
 
     from mailgate import shapes
 
     with _session(app) as s:
         names = shapes.Names(s)
-        rows = [view(row, names) for row in s.exec(select(model).order_by(model.id))]
+        rows = [view(row, names) for row in s.exec(select(model).where(*where).order_by(model.id))]
     return _show_rows(args, rows, line)
 
 
@@ -579,6 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ticket = sub.add_parser("ticket", help="tickets").add_subparsers(dest="sub", required=True, metavar="ACTION")
     a = ticket.add_parser("list", help="list tickets")
+    a.add_argument("--desk", help="only the tickets of this desk (\"default\": the desk of [tickets])")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_ticket_list)
     a = ticket.add_parser("show", help="show one ticket")
@@ -641,6 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("explain", help="what processing would do with a message; writes nothing")
     a.add_argument("file", metavar="FILE.eml")
     a.add_argument("--sender", help='envelope sender ("" for the null sender)')
+    a.add_argument("--recipient", help="envelope recipient (its desk); default: the desk the To and Cc name")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_explain)
 

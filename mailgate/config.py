@@ -206,13 +206,31 @@ class OperationsConfig:
 
 
 @dataclass(frozen=True)
+class DeskConfig:
+    """One more desk beside the default one of [tickets] (SPEC §11): its own addresses, key
+    prefix, sender and templates."""
+
+    name: str = ""
+    addresses: tuple[str, ...] = ()  # mail to these (and their +tag sub-addresses) is this desk's
+    key_prefix: str = ""
+    from_address: str = ""  # empty: the first of its addresses
+    display_name: str = ""  # the name its mail comes from; empty: outbound.from_name
+    templates_dir: str = ""  # templates here override outbound.templates_dir and the built-in ones
+    language: str = "en"  # for recipients whose language mailgate does not speak
+
+
+@dataclass(frozen=True)
 class AgentConfig:
-    """A support agent of the HTTP API: its bearer token, region and rights."""
+    """A support agent: the HTTP API's bearer token, region and rights, and the agent's mail."""
 
     name: str = ""
     token: str = ""  # the bearer token; long and random (e.g. `openssl rand -hex 32`)
     region: str = ""  # sees confidential tickets of organisations in this region only
     read_only: bool = False  # may list and show, not change
+    email: str = ""  # the agent's mail address: mail from it may act as the agent once proven
+    notify: bool = False  # mailed new tickets and customers' comments of the desks served
+    desks: tuple[str, ...] = ()  # the desks the agent serves; empty: all
+    language: str = ""  # of the agent's mail; empty: the desk's
 
 
 @dataclass(frozen=True)
@@ -232,6 +250,7 @@ class Config:
     operations: OperationsConfig = field(default_factory=OperationsConfig)
     imap: tuple[ImapConfig, ...] = ()
     agents: tuple[AgentConfig, ...] = ()
+    desks: tuple[DeskConfig, ...] = ()
     source: str = ""  # the file it came from, "" for the embedded defaults
 
     # Derived places: one definition, used by every module.
@@ -253,7 +272,9 @@ class Config:
 
     @property
     def support_addresses(self) -> frozenset[str]:
-        return frozenset(a.lower() for a in self.tickets.support_addresses)
+        """Every desk's addresses: [tickets] support_addresses and those of [[desks]]."""
+        return frozenset(a.lower() for a in (*self.tickets.support_addresses,
+                                             *(a for desk in self.desks for a in desk.addresses)))
 
     @property
     def from_address(self) -> str:
@@ -306,7 +327,7 @@ def from_dict(data: dict) -> Config:
     return config
 
 
-_TABLE_ARRAYS = {"imap": ImapConfig, "agents": AgentConfig}
+_TABLE_ARRAYS = {"imap": ImapConfig, "agents": AgentConfig, "desks": DeskConfig}
 _SECTIONS = {name: hint for name, hint in typing.get_type_hints(Config).items() if name != "source"}
 
 
@@ -400,7 +421,8 @@ def _check(config: Config) -> None:
         raise ConfigError("logging.level: one of DEBUG, INFO, WARNING, ERROR")
     if config.policy.require_authenticated_sender and not config.policy.trusted_authserv_id:
         raise ConfigError("policy.trusted_authserv_id: needed when require_authenticated_sender is on")
-    _check_agents(config.agents)
+    _check_desks(config)
+    _check_agents(config)
     _check_oauth("outbound.relay_", config.outbound.relay_auth, config.outbound.relay_oauth)
     if config.outbound.relay_auth == "oauth2" and not config.outbound.relay_username:
         raise ConfigError("outbound.relay_username: the mailbox to send as is needed with relay_auth = oauth2")
@@ -416,15 +438,72 @@ def _check(config: Config) -> None:
             raise ConfigError(f"imap[{i}].name: {box.label!r} names two mailboxes; give each its own name")
 
 
-def _check_agents(agents: tuple[AgentConfig, ...]) -> None:
-    for i, agent in enumerate(agents):
+DEFAULT_DESK = "default"  # the name of the desk of [tickets]
+LANGUAGES = ("en", "de")
+
+
+def _check_desks(config: Config) -> None:
+    """[[desks]]: names, prefixes and addresses each belong to one desk only."""
+    names, prefixes = {DEFAULT_DESK}, {config.tickets.key_prefix.upper(): "tickets.key_prefix"}
+    addresses = {a.lower(): "tickets.support_addresses" for a in config.tickets.support_addresses}
+    for i, desk in enumerate(config.desks):
+        key = f"desks[{i}]"
+        if not desk.name.strip():
+            raise ConfigError(f"{key}.name: missing")
+        if desk.name in names:
+            taken = "names the desk of [tickets]" if desk.name == DEFAULT_DESK else "names two desks"
+            raise ConfigError(f"{key}.name: {desk.name!r} {taken}; give each desk its own name")
+        names.add(desk.name)
+        if not desk.key_prefix.isalnum() or not desk.key_prefix.isascii():
+            raise ConfigError(f"{key}.key_prefix: letters and digits only")
+        if desk.key_prefix.upper() in prefixes:
+            raise ConfigError(f"{key}.key_prefix: {desk.key_prefix!r} is taken by {prefixes[desk.key_prefix.upper()]}")
+        prefixes[desk.key_prefix.upper()] = f"{key}.key_prefix"
+        if not desk.addresses:
+            raise ConfigError(f"{key}.addresses: at least one address is needed")
+        for address in desk.addresses:
+            if not _looks_like_address(address) or "+" in address:
+                raise ConfigError(f"{key}.addresses: {address!r} is not an e-mail address (without a +tag)")
+            if address.lower() in addresses:
+                raise ConfigError(f"{key}.addresses: {address!r} is taken by {addresses[address.lower()]}")
+            addresses[address.lower()] = f"{key}.addresses"
+        if desk.from_address and not _looks_like_address(desk.from_address):
+            raise ConfigError(f"{key}.from_address: {desk.from_address!r} is not an e-mail address")
+        if desk.templates_dir and not Path(desk.templates_dir).is_dir():
+            raise ConfigError(f"{key}.templates_dir: {desk.templates_dir!r} is not a directory")
+        if desk.language not in LANGUAGES:
+            raise ConfigError(f"{key}.language: one of {', '.join(LANGUAGES)}")
+
+
+def _check_agents(config: Config) -> None:
+    desks = {DEFAULT_DESK, *(d.name for d in config.desks)}
+    for i, agent in enumerate(config.agents):
+        key = f"agents[{i}]"
         if not agent.name.strip():
-            raise ConfigError(f"agents[{i}].name: missing")
-        if len(agent.token) < 16:
-            raise ConfigError(f"agents[{i}].token: at least 16 characters")
-    tokens = [a.token for a in agents]
+            raise ConfigError(f"{key}.name: missing")
+        if len(agent.token) < 16 and (agent.token or not agent.email):
+            # An agent who works by mail only needs no token: "" never opens the API.
+            raise ConfigError(f"{key}.token: at least 16 characters")
+        if agent.email and not _looks_like_address(agent.email):
+            raise ConfigError(f"{key}.email: {agent.email!r} is not an e-mail address")
+        if agent.email and agent.email.lower() in config.support_addresses:
+            raise ConfigError(f"{key}.email: {agent.email!r} is a support address (mail to it would loop)")
+        if agent.notify and not agent.email:
+            raise ConfigError(f"{key}.notify: needs the agent's email")
+        for desk in agent.desks:
+            if desk not in desks:
+                raise ConfigError(f"{key}.desks: no desk {desk!r}; the desks: {', '.join(sorted(desks))}")
+        if agent.language and agent.language not in LANGUAGES:
+            raise ConfigError(f"{key}.language: one of {', '.join(LANGUAGES)}, or empty for the desk's")
+    tokens = [a.token for a in config.agents if a.token]
     if len(set(tokens)) != len(tokens):
         raise ConfigError("agents: two agents share one token")
+    emails = [a.email.lower() for a in config.agents if a.email]
+    if len(set(emails)) != len(emails):
+        raise ConfigError("agents: two agents share one email; mail from it could not tell them apart")
+    names = [a.name for a in config.agents]
+    if len(set(names)) != len(names):
+        raise ConfigError("agents: two agents share one name")
 
 
 def _check_imap(key: str, box: ImapConfig) -> None:

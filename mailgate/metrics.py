@@ -1,5 +1,6 @@
 """Prometheus metrics (SPEC §8): messages by outcome, processing time, spool depth, outbox
-depth by status, send failures. Served at /metrics by the daemon's HTTP listener.
+depth by status, send failures; and per desk (SPEC §11) messages by desk and outcome, tickets
+by desk and status. Served at /metrics by the daemon's HTTP listener.
 
 The counters count every message this instance processed, whichever process took it: the
 daemon, its worker processes, and each `mailgate deliver` that an MTA starts — thousands of
@@ -51,15 +52,18 @@ class Counts:
         self.path = Path(state_dir) / "metrics.json"
         self.lock_path = Path(state_dir) / "metrics.lock"
 
-    def add(self, outcome: str | None = None, seconds: float | None = None, send_failure: str | None = None) -> None:
-        """Count one processed message (OUTCOME, and SECONDS it took) or one failed sending
-        attempt (SEND_FAILURE: temporary or permanent). Never raises: a metric that cannot be
-        counted must not fail the message."""
+    def add(self, outcome: str | None = None, seconds: float | None = None, send_failure: str | None = None,
+            desk: str | None = None) -> None:
+        """Count one processed message (OUTCOME at DESK, and SECONDS it took) or one failed
+        sending attempt (SEND_FAILURE: temporary or permanent). Never raises: a metric that
+        cannot be counted must not fail the message."""
         try:
             with self._locked():
                 counts = self.read()
                 if outcome is not None:
                     _bump(counts["messages"], outcome)
+                if outcome is not None and desk is not None:
+                    _bump(counts.setdefault("desks", {}).setdefault(desk, {}), outcome)
                 if seconds is not None:
                     processing = counts["processing"]
                     processing["buckets"][bisect.bisect_left(BUCKETS, seconds)] += 1
@@ -77,7 +81,8 @@ class Counts:
                 return counts
         except (OSError, ValueError):
             pass
-        return {"messages": {}, "send_failures": {}, "processing": {"buckets": [0] * (len(BUCKETS) + 1), "sum": 0.0}}
+        return {"messages": {}, "send_failures": {}, "desks": {},
+                "processing": {"buckets": [0] * (len(BUCKETS) + 1), "sum": 0.0}}
 
     @contextlib.contextmanager
     def _locked(self):
@@ -106,8 +111,8 @@ class Metrics:
         self.counts = Counts(app.config.state_dir)
         self._registry = None
 
-    def message(self, outcome: str, seconds: float | None) -> None:
-        self.counts.add(outcome=outcome, seconds=seconds)
+    def message(self, outcome: str, seconds: float | None, desk: str | None = None) -> None:
+        self.counts.add(outcome=outcome, seconds=seconds, desk=desk)
 
     def send_failed(self, permanent: bool) -> None:
         self.counts.add(send_failure="permanent" if permanent else "temporary")
@@ -135,6 +140,12 @@ class _Collector:
         for outcome, n in sorted(counts["messages"].items()):
             messages.add_metric([outcome], n)
         yield messages
+        by_desk = CounterMetricFamily("mailgate_desk_messages", "Inbound messages processed, by desk and outcome",
+                                      labels=["desk", "outcome"])
+        for desk, outcomes in sorted(counts.get("desks", {}).items()):
+            for outcome, n in sorted(outcomes.items()):
+                by_desk.add_metric([desk, outcome], n)
+        yield by_desk
         yield self._histogram(counts["processing"])
         failures = CounterMetricFamily("mailgate_send_failures",
                                        "Outbound delivery attempts that failed, by kind (temporary, permanent)",
@@ -149,6 +160,10 @@ class _Collector:
         for status, count in self._outbox_counts().items():
             outbox.add_metric([status], count)
         yield outbox
+        tickets = GaugeMetricFamily("mailgate_tickets", "Tickets by desk and status", labels=["desk", "status"])
+        for (desk, status), count in sorted(self._ticket_counts().items()):
+            tickets.add_metric([desk, status], count)
+        yield tickets
 
     @staticmethod
     def _histogram(processing: dict) -> HistogramMetricFamily:
@@ -165,6 +180,20 @@ class _Collector:
             return self.app.spool.depth()
         except OSError:
             return float("nan")  # /healthz says why
+
+    def _ticket_counts(self) -> dict[tuple[str, str], int]:
+        """Every ticket of the database by desk and status (an index-only count: ix_ticket_desk_status)."""
+        from sqlmodel import func, select
+
+        from mailgate.models import Ticket
+
+        try:
+            with self.app.db.read_session() as s:
+                return {(desk, status): count for desk, status, count in
+                        s.exec(select(Ticket.desk, Ticket.status, func.count()).group_by(Ticket.desk, Ticket.status))}
+        except Exception as e:  # a scrape during a database outage still shows the rest
+            log.warning("tickets by desk unavailable: %s", first_line(e))
+            return {}
 
     def _outbox_counts(self) -> dict[str, int]:
         from sqlmodel import func, select

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD = "0004"
+HEAD = "0005"
 
 logging.getLogger("alembic").setLevel(logging.WARNING)
 

@@ -106,15 +106,19 @@ class Contact(SQLModel, table=True):
 
 
 class Counter(SQLModel, table=True):
-    """Monotonic counters (ticket numbers): one row per name, only ever incremented."""
+    """Monotonic counters: one row per name, only ever incremented (ticket numbers: one per
+    key prefix, `ticket:SD`)."""
 
     name: str = Field(primary_key=True, max_length=50)
     value: int = 0
 
 
 class Ticket(SQLModel, table=True):
+    # `ticket list --desk`, the API's desk filter and /metrics' tickets by desk and status.
+    __table_args__ = (sa.Index("ix_ticket_desk_status", "desk", "status"),)
     id: Optional[int] = Field(default=None, primary_key=True)
     key: str = Field(max_length=40, unique=True)
+    desk: str = Field(default="default", max_length=100)  # the desk it was opened at (SPEC §11)
     type: str = Field(default="request", max_length=40)
     status: str = Field(default="opened", max_length=40, index=True)
     status_before_clarification: Optional[str] = Field(default=None, max_length=40)

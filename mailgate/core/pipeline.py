@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Callable
 
 from sqlmodel import Session, select
 
-from mailgate import failpoints, notify
+from mailgate import desks, failpoints, notify
 from mailgate.core.spool import Envelope
 from mailgate.db import insert_if_absent
 from mailgate.mail import quotes, refs, subjects
@@ -64,6 +64,7 @@ class Result:
     error: str | None = None
     notifications: list[dict] = field(default_factory=list, repr=False)  # {"event", "to"} queued
     inbound: Inbound | None = field(default=None, repr=False, compare=False)  # for the log line
+    desk: str | None = field(default=None, repr=False, compare=False)  # for /metrics
 
 
 @dataclass
@@ -74,6 +75,7 @@ class _Prepared:
     digest: str  # sha256 of RAW, stored in the blob store
     parsed: ParsedMessage | None
     parse_error: str | None = None
+    desk: desks.Desk | None = None  # the desk it came to (SPEC §11)
     new_text: str | None = None  # the reply's text without quotes, when it may be a reply
     attachment_digests: list[str] = field(default_factory=list)
 
@@ -129,7 +131,7 @@ class Pipeline:
             done = session.exec(select(Inbound).where(Inbound.spool_id == spool_id)).first()
             if done is not None:
                 return self._result(session, done)
-        prepared = self._prepare(raw)
+        prepared = self._prepare(raw, envelope)
         with self.app.db.session() as session:
             result = self._process(session, spool_id, envelope, prepared, wait_for_older)
             failpoints.hit("before_commit", raw)
@@ -140,7 +142,7 @@ class Pipeline:
     def explain(self, raw: bytes, envelope: Envelope) -> dict:
         """What `process` would make of RAW (SPEC §9 `mailgate explain`), writing nothing."""
         dry = Pipeline(self.app, blobs=_Digests(self.blobs))
-        prepared = dry._prepare(raw)
+        prepared = dry._prepare(raw, envelope)
         reasons: list[str] = []
         with self.app.db.rolled_back() as session:
             result = dry._process(session, f"explain-{uuid.uuid4().hex}", envelope, prepared, reasons=reasons)
@@ -158,23 +160,21 @@ class Pipeline:
             decision = _Decision("duplicate", ticket=_ticket(session, original.ticket_id))
         else:
             decision = self._decide(session, inbound, envelope, prepared, wait_for_older, reasons)
-        return self._finish(session, inbound, decision)
+        return self._finish(session, inbound, decision, prepared.desk)
 
     def reprocess(self, inbound_id: int) -> Result:
         """Run a kept message through the rules again (SPEC §9 `inbox reprocess`)."""
         started = time.monotonic()
         with self.app.db.read_session() as session:
             inbound = _reprocessable(session.get(Inbound, inbound_id), inbound_id)
-        prepared = self._prepare(self.blobs.get(inbound.sha256))
+        envelope = Envelope(sender=inbound.envelope_sender, recipients=_split(inbound.envelope_recipients),
+                            source=inbound.source)
+        prepared = self._prepare(self.blobs.get(inbound.sha256), envelope)
         with self.app.db.session() as session:
             inbound = _reprocessable(session.get(Inbound, inbound_id), inbound_id)  # still, now locked
-            envelope = Envelope(
-                sender=inbound.envelope_sender, recipients=_split(inbound.envelope_recipients),
-                source=inbound.source,
-            )
             decision = self._decide(session, inbound, envelope, prepared)
             inbound.attempts += 1
-            result = self._finish(session, inbound, decision)
+            result = self._finish(session, inbound, decision, prepared.desk)
         self._log(result, started)
         return result
 
@@ -183,7 +183,7 @@ class Pipeline:
         reprocessable. It is not parsed again (parsing may be what fails, kills or overruns);
         its Message-ID comes from a plain scan of the header block."""
         failpoints.hit("quarantine", raw)
-        prepared = _Prepared(raw, self.blobs.put(raw), parsed=None)
+        prepared = _Prepared(raw, self.blobs.put(raw), parsed=None, desk=self.desks.of_message(envelope.recipients))
         with self.app.db.session() as session:
             done = session.exec(select(Inbound).where(Inbound.spool_id == spool_id)).first()
             if done is not None:
@@ -191,19 +191,24 @@ class Pipeline:
             inbound = self._record(session, spool_id, envelope, prepared)
             inbound.attempts = envelope.attempts
             _claim_dedupe_key(session, inbound)
-            result = self._finish(session, inbound, _Decision("quarantined", error=error[:2000]))
+            result = self._finish(session, inbound, _Decision("quarantined", error=error[:2000]), prepared.desk)
         self._log(result, None)
         return result
 
     # --- before the transaction --------------------------------------------------------
 
-    def _prepare(self, raw: bytes) -> _Prepared:
+    @property
+    def desks(self) -> desks.Desks:
+        return desks.of(self.config)
+
+    def _prepare(self, raw: bytes, envelope: Envelope) -> _Prepared:
         """The slow, CPU-bound work on RAW, done before the transaction opens."""
         prepared = _Prepared(raw, self.blobs.put(raw), *_try_parse(raw, self.limits))
         parsed = prepared.parsed
+        prepared.desk = self.desks.of_message(envelope.recipients, [*parsed.to, *parsed.cc] if parsed else [])
         if parsed is None:
             return prepared
-        if reference.may_answer_a_ticket(parsed, self.config.tickets.key_prefix):
+        if reference.may_answer_a_ticket(parsed, self.desks.prefixes):
             prepared.new_text = quotes.new_text(parsed.text, parsed.subject)
         prepared.attachment_digests = [self.blobs.put(a.data) for a in parsed.attachments]
         return prepared
@@ -229,13 +234,13 @@ class Pipeline:
             if why := notice.why_not(cfg.policy, parsed, envelope.sender):
                 _say(reasons, why)
                 return _Decision("rejected_unknown_sender", error=why)
-            tell = Event("unknown_sender_notice", None, data={"address": parsed.from_address})
+            tell = Event("unknown_sender_notice", None, data={"address": parsed.from_address, "desk": prepared.desk.name})
             return _Decision("rejected_unknown_sender", events=[tell])
         if sender.unauthenticated(cfg.policy, parsed):
             _say(reasons, "policy.require_authenticated_sender: no DMARC or aligned DKIM pass from the trusted MTA")
             return _Decision("rejected_unauthenticated", error="no DMARC or aligned DKIM pass from the trusted MTA")
         _say(reasons, f"the sender {contact.email} is an active contact")
-        ticket = reference.referenced_ticket(session, self.app.signer, cfg.tickets.key_prefix, parsed, contact)
+        ticket = reference.referenced_ticket(session, self.app.signer, self.desks.prefixes, parsed, contact)
         if ticket is None and (parsed.in_reply_to or parsed.references) and wait_for_older and wait_for_older():
             # Worked beside the mail it answers (a backlog, several workers), a reply would
             # otherwise open a ticket of its own when it commits first.
@@ -254,6 +259,9 @@ class Pipeline:
 
     def _comment(self, session, inbound, prepared: _Prepared, contact, ticket, now, reasons=None) -> _Decision:
         parsed = prepared.parsed
+        if (original := self._claim_for_ticket(session, inbound, ticket)) is not None:
+            _say(reasons, f"a copy of inbound message {original.id}, already a comment on {ticket.key} (sent to two desks)")
+            return _Decision("duplicate", ticket=ticket)
         body = prepared.new_text if prepared.new_text is not None else quotes.new_text(parsed.text, parsed.subject)
         comment, events = service.add_comment(
             session, ticket, body=body, now=now, author=contact, inbound_id=inbound.id
@@ -270,9 +278,10 @@ class Pipeline:
 
     def _new_ticket(self, session, inbound, prepared: _Prepared, contact, now, follow_up_of=None) -> _Decision:
         parsed = prepared.parsed
+        desk = prepared.desk
         ticket, events = service.create_ticket(
-            session, key_prefix=self.config.tickets.key_prefix, creator=contact,
-            summary=subjects.summary(parsed.subject, self.config.tickets.key_prefix),
+            session, key_prefix=desk.key_prefix, desk=desk.name, creator=contact,
+            summary=subjects.summary(parsed.subject, self.desks.prefixes),
             description=parsed.text, now=now, follow_up_of=follow_up_of,
         )
         service.store_attachments(session, ticket, parsed.attachments, prepared.attachment_digests)
@@ -280,6 +289,14 @@ class Pipeline:
             service.add_participant(session, ticket, participant)
         service.add_to_thread(session, ticket, parsed.message_id)
         return _Decision("ticket_created", ticket=ticket, events=events)
+
+    def _claim_for_ticket(self, session: Session, inbound: Inbound, ticket: Ticket) -> Inbound | None:
+        """With several desks one message may come once per desk (SPEC §11): only the first
+        copy may act on an existing ticket. The original's record when this is a later copy."""
+        if not self.desks.several:
+            return None
+        message = refs.dedupe_key(inbound.message_id, inbound.sha256)  # the same for every desk's copy
+        return _claim(session, inbound, hashlib.sha256(f"ticket:{ticket.id}\n{message}".encode()).hexdigest())
 
     def _participants(self, session: Session, parsed: ParsedMessage, creator: Contact) -> list[Contact]:
         """Cc'd (and To'd) active contacts of the sender's organisation (SPEC §4.8)."""
@@ -299,7 +316,8 @@ class Pipeline:
     def _record(self, session, spool_id, envelope, prepared: _Prepared) -> Inbound:
         message_id, parsed, digest = prepared.message_id, prepared.parsed, prepared.digest
         inbound = Inbound(
-            spool_id=spool_id, message_id=message_id, dedupe_key=refs.dedupe_key(message_id, digest),
+            spool_id=spool_id, message_id=message_id,
+            dedupe_key=prepared.desk.dedupe_key(refs.dedupe_key(message_id, digest)),
             source=envelope.source, envelope_sender=envelope.sender,
             envelope_recipients=",".join(envelope.recipients),
             from_address=parsed.from_address if parsed else None,
@@ -311,7 +329,7 @@ class Pipeline:
         session.flush()
         return inbound
 
-    def _finish(self, session: Session, inbound: Inbound, decision: _Decision) -> Result:
+    def _finish(self, session: Session, inbound: Inbound, decision: _Decision, desk: desks.Desk | None = None) -> Result:
         inbound.outcome = decision.outcome
         inbound.ticket_id = decision.ticket.id if decision.ticket else None
         inbound.comment_id = decision.comment_id
@@ -320,8 +338,9 @@ class Pipeline:
         session.add(inbound)
         queued = notify.queue(session, self.app, decision.events)
         key = decision.ticket.key if decision.ticket else None
+        desk = (self.desks.of_ticket(decision.ticket) if decision.ticket else desk or self.desks.default).name
         return Result(decision.outcome, key, inbound.id, decision.error,
-                      [{"event": row.event, "to": row.recipient} for row in queued], inbound)
+                      [{"event": row.event, "to": row.recipient} for row in queued], inbound, desk)
 
     def _result(self, session: Session, inbound: Inbound) -> Result:
         ticket = _ticket(session, inbound.ticket_id)
@@ -330,7 +349,7 @@ class Pipeline:
     def _log(self, result: Result, started: float | None) -> None:
         inbound = result.inbound
         seconds = time.monotonic() - started if started else None
-        self.app.metrics.message(result.outcome, seconds)
+        self.app.metrics.message(result.outcome, seconds, result.desk)
         ms = f"{seconds * 1000:.0f}" if seconds is not None else "-"
         log.info(
             "message_id=%s sender=%s outcome=%s ticket=%s ms=%s",
@@ -373,9 +392,14 @@ def _claim_dedupe_key(session: Session, inbound: Inbound) -> Inbound | None:
     loser's insert does nothing (on PostgreSQL once the winner commits) and it becomes a
     duplicate.
     """
-    if insert_if_absent(session, Seen, dedupe_key=inbound.dedupe_key, inbound_id=inbound.id):
+    return _claim(session, inbound, inbound.dedupe_key)
+
+
+def _claim(session: Session, inbound: Inbound, key: str) -> Inbound | None:
+    """Claim KEY for INBOUND (a Seen row); the record that claimed it first, if it was taken."""
+    if insert_if_absent(session, Seen, dedupe_key=key, inbound_id=inbound.id):
         return None
-    seen = session.get(Seen, inbound.dedupe_key)
+    seen = session.get(Seen, key)
     return session.get(Inbound, seen.inbound_id)
 
 

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from aiohttp import web
 from sqlmodel import Session, select
 
-from mailgate import shapes
+from mailgate import desks, shapes
 from mailgate.app import App
 from mailgate.http import APP
 from mailgate.config import AgentConfig
@@ -38,7 +38,7 @@ log = logging.getLogger("mailgate.api")
 
 PREFIX = "/api/v1"
 DEFAULT_LIMIT, MAX_LIMIT = 100, 500
-FILTERS = ("status", "type", "organisation", "creator", "q")
+FILTERS = ("status", "type", "organisation", "creator", "q", "desk")
 _KEY = re.compile(r"^[A-Za-z0-9]{1,20}-[0-9]{1,18}$")
 
 
@@ -80,7 +80,7 @@ def _list_query(request: web.Request) -> tuple[dict, int, int]:
     if unknown:
         raise ApiError(400, f"unknown parameter {unknown[0]!r}; known: {', '.join((*FILTERS, 'limit', 'offset'))}")
     filters = {k: _text(k, query.get(k)) for k in FILTERS}
-    for name, allowed in (("status", STATUSES), ("type", TYPES)):
+    for name, allowed in (("status", STATUSES), ("type", TYPES), ("desk", desks.of(_app(request).config).names)):
         if filters[name] is not None and filters[name] not in allowed:
             raise ApiError(400, f"{name}: {filters[name]!r} is not one of {', '.join(allowed)}")
     limit = _integer("limit", query.get("limit"), DEFAULT_LIMIT, 1, MAX_LIMIT)
@@ -148,6 +148,8 @@ def _list(app: App, agent: AgentConfig, f: dict, limit: int, offset: int) -> tup
             query = query.where(Ticket.status == f["status"])
         if f["type"]:
             query = query.where(Ticket.type == f["type"])
+        if f["desk"]:
+            query = query.where(Ticket.desk == f["desk"])
         if f["organisation"]:
             query = query.where(Organisation.name == f["organisation"])
         if f["creator"]:
@@ -356,13 +358,14 @@ OPENAPI = {
     "security": [{"bearer": []}],
     "paths": {
         f"{PREFIX}/tickets": {"get": {
-            **_op("List tickets (filters: status, type, organisation, creator, q = text in the summary); "
+            **_op("List tickets (filters: status, type, organisation, creator, q = text in the summary, "
+                  "desk = a desk's name, \"default\" for [tickets]); "
                   "paged: X-Total-Count has the total, Link rel=next the next page", 200),
             "parameters": [
                 {"name": "status", "in": "query", "required": False, "schema": {"type": "string", "enum": list(STATUSES)}},
                 {"name": "type", "in": "query", "required": False, "schema": {"type": "string", "enum": list(TYPES)}},
                 *({"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
-                  for n in ("organisation", "creator", "q")),
+                  for n in ("organisation", "creator", "q", "desk")),
                 {"name": "limit", "in": "query", "required": False,
                  "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
                 {"name": "offset", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0, "default": 0}},

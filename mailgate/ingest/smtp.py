@@ -5,7 +5,9 @@ addresses (550 5.1.1), more than `smtp.max_recipients` (452 4.5.3), messages ove
 limit (552 5.3.4, advertised with SIZE) — and answers 250 to DATA only once the raw message is
 fsynced in the spool; when the spool cannot take it, 451 4.3.0 and the client keeps the
 message. In LMTP mode DATA gets one reply per accepted recipient, as an LMTP client (Postfix's
-lmtp: transport) expects.
+lmtp: transport) expects. A message for the addresses of two desks is spooled once per desk,
+each copy with its desk's recipients, before the one 250 (mailgate.desks: each desk opens its
+own ticket; a copy written before a 451 is a duplicate when the client sends it again).
 
 What the listener holds is bounded whatever clients do: at most `smtp.max_sessions`
 connections (more get 421 at once), and at most `smtp.max_bytes_in_flight` bytes of message
@@ -25,6 +27,7 @@ from typing import Callable
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING, SMTP, Envelope as SmtpEnvelope, syntax
 
+from mailgate import desks
 from mailgate.app import App
 from mailgate.db import run_blocking
 from mailgate.mail.addresses import is_support_address
@@ -62,9 +65,10 @@ class InboundHandler:
         # aiosmtpd keeps MAIL FROM:<> as "<>" (it needs a true value there); the spool's null
         # sender is "".
         sender = "" if envelope.mail_from in ("<>", "") else envelope.mail_from
-        spooled = Envelope(sender=sender, recipients=list(envelope.rcpt_tos), source=self.source)
+        copies = [Envelope(sender=sender, recipients=group, source=self.source)
+                  for group in desks.of(self.app.config).split(list(envelope.rcpt_tos))]
         try:
-            spool_id = await run_blocking(self.app.spool.put, envelope.original_content, spooled)
+            spool_id = await run_blocking(self._spool, envelope.original_content, copies)
         except SpoolError as e:
             log.error("spool write failed, answered 451: %s", e.strerror)
             return SPOOL_FAILED
@@ -74,6 +78,10 @@ class InboundHandler:
         log.debug("spooled %s (%d bytes)", spool_id, len(envelope.original_content))
         self.on_spooled()
         return ACCEPTED
+
+    def _spool(self, raw: bytes, copies: list[Envelope]) -> str:
+        """RAW into the spool once per envelope in COPIES (one per desk); the spool ids."""
+        return ",".join(self.app.spool.put(raw, copy) for copy in copies)
 
 
 class InFlight:

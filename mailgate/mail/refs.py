@@ -41,17 +41,24 @@ def dedupe_key(message_id: str | None, raw_sha256: str) -> str:
     return hashlib.sha256(f"raw:{raw_sha256}".encode()).hexdigest()
 
 
-def key_pattern(prefix: str) -> re.Pattern:
-    # "[SD-42]" or a bare "SD-42" as a word of its own; not "XSD-42" nor "SD-42x".
-    return re.compile(rf"(?<![A-Za-z0-9])({re.escape(prefix)})-(\d{{1,9}})(?![A-Za-z0-9])", re.I)
+def key_pattern(prefixes: str | tuple[str, ...]) -> re.Pattern:
+    # "[SD-42]" or a bare "SD-42" as a word of its own; not "XSD-42" nor "SD-42x". Any of
+    # PREFIXES (one per desk): a reply threads by any desk's key.
+    names = "|".join(re.escape(p) for p in _prefixes(prefixes))
+    return re.compile(rf"(?<![A-Za-z0-9])({names})-(\d{{1,9}})(?![A-Za-z0-9])", re.I)
 
 
-def keys_in_subject(subject: str, prefix: str) -> list[str]:
+def keys_in_subject(subject: str, prefixes: str | tuple[str, ...]) -> list[str]:
     """Ticket keys in a subject, bracketed ones first, normalised to PREFIX-N."""
-    pattern = key_pattern(prefix)
+    spelled = {p.upper(): p for p in _prefixes(prefixes)}
+    pattern = key_pattern(prefixes)
     bracketed, bare = [], []
     for m in pattern.finditer(subject):
-        key = f"{prefix}-{int(m.group(2))}"
+        key = f"{spelled[m.group(1).upper()]}-{int(m.group(2))}"
         is_bracketed = m.start() > 0 and subject[m.start() - 1] == "[" and subject[m.end():m.end() + 1] == "]"
         (bracketed if is_bracketed else bare).append(key)
     return list(dict.fromkeys(bracketed + bare))
+
+
+def _prefixes(prefixes: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (prefixes,) if isinstance(prefixes, str) else tuple(prefixes)

@@ -12,9 +12,11 @@ NO_SUBJECT = "(no subject)"
 _PREFIX = re.compile(r"^\s*(re|fwd?|aw|wg|sv|vs|antw|tr)\s*(\[\d+\]|\(\d+\))?\s*:\s*", re.I)
 
 
-def summary(subject: str, key_prefix: str) -> str:
+def summary(subject: str, key_prefixes: str | tuple[str, ...]) -> str:
+    """The summary of SUBJECT: prefixes and the tags of KEY_PREFIXES (every desk's) removed."""
     text = " ".join(subject.split())
-    tag = re.compile(rf"\[\s*{re.escape(key_prefix)}-\d+\s*\]", re.I)
+    names = "|".join(re.escape(p) for p in ((key_prefixes,) if isinstance(key_prefixes, str) else key_prefixes))
+    tag = re.compile(rf"\[\s*(?:{names})-\d+\s*\]", re.I)
     previous = None
     while previous != text:  # prefixes and tags interleave: "AW: [SD-1] Re: ..."
         previous = text

@@ -3,6 +3,8 @@ the headers that thread it (SPEC §5).
 
 In-Reply-To/References point at the ticket's first inbound Message-ID and at the previous
 notification this recipient got for the ticket, so mail clients group the conversation.
+The mail leaves from the ticket's desk (SPEC §11): its address and name, its templates, and
+its language for a recipient whose own mailgate does not speak.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from datetime import datetime
 
 from sqlmodel import Session, select
 
+from mailgate import desks
 from mailgate.tickets.events import Event
 from mailgate.models import Comment, Contact, Inbound, Organisation, Outbound, Ticket, aware
 from mailgate.notify import tokens
@@ -25,7 +28,8 @@ class EventMail:
 
     def __init__(self, session: Session, app, ticket: Ticket, event: Event):
         self.session, self.app, self.ticket, self.event = session, app, ticket, event
-        self.context = _event_context(session, app, ticket, event)
+        self.desk = desks.of(app.config).of_ticket(ticket)
+        self.context = _event_context(session, app, ticket, event, self.desk)
         self.root = _first_inbound_id(session, ticket)
         self._previous: dict[str, str] | None = None
 
@@ -49,16 +53,17 @@ class EventMail:
             subject=f"[{ticket.key}] {ticket.summary}", to_address=contact.email, to_name=contact.name,
             message_id=self.app.signer.message_id(ticket.key), in_reply_to=previous or self.root,
             references=[i for i in (self.root, previous) if i], unsubscribe_url=link,
+            from_address=self.desk.from_address, from_name=self.desk.display_name,
         )
         context = {
             **self.context, "recipient": {"name": contact.name, "email": contact.email},
             "reason": recipient.reason, "notify_on": recipient.notify_on, "link": link,
         }
-        language = self.app.renderer.language(contact.language)
-        return self.app.renderer.mail(self.event.kind, (language,), context, headers, now)
+        language = self.app.renderer.language(contact.language, self.desk.language)
+        return self.app.renderer.mail(self.event.kind, (language,), context, headers, now, self.desk.templates_dir)
 
 
-def _event_context(session: Session, app, ticket: Ticket, event: Event) -> dict:
+def _event_context(session: Session, app, ticket: Ticket, event: Event, desk: desks.Desk) -> dict:
     cfg = app.config
     creator = session.get(Contact, ticket.creator_id)
     origin = session.get(Ticket, ticket.follow_up_of_id) if ticket.follow_up_of_id else None
@@ -74,7 +79,7 @@ def _event_context(session: Session, app, ticket: Ticket, event: Event) -> dict:
         "changes": _changes(event), "agent": event.data.get("agent"),
         "question": _question(session, ticket) if _asks(ticket, event) else None,
         "comment": _comment(session, event.comment_id),
-        "support_address": cfg.from_address, "from_name": cfg.outbound.from_name,
+        "support_address": desk.from_address, "from_name": desk.display_name, "desk": desk.name,
         "lifecycle": {"resolved_close_days": _days(cfg.lifecycle.resolved_close_days),
                       "clarification_close_days": _days(cfg.lifecycle.clarification_close_days)},
     }

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlmodel import Session, func, select
 
+from mailgate import desks
 from mailgate.db import insert_if_absent
 from mailgate.tickets.events import Event
 from mailgate.mail.addresses import is_support_address
@@ -43,12 +44,15 @@ def queue(session: Session, app, event: Event, now: datetime) -> list[Outbound]:
         return []
     if not _claim(session, address, now):
         return []
+    desk = desks.of(app.config).named(event.data.get("desk")) or desks.of(app.config).default
     headers = Headers(
         subject=NOTICE_SUBJECT, to_address=address,
         message_id=email.utils.make_msgid("mg.notice", domain=app.config.message_id_domain),
+        from_address=desk.from_address, from_name=desk.display_name,
     )
-    context = {"support_address": app.config.from_address, "from_name": app.config.outbound.from_name}
-    rendered = app.renderer.mail(event.kind, NOTICE_LANGUAGES, context, headers, now)
+    context = {"support_address": desk.from_address, "from_name": desk.display_name}
+    languages = tuple(sorted(NOTICE_LANGUAGES, key=lambda lang: lang != desk.language))  # the desk's first
+    rendered = app.renderer.mail(event.kind, languages, context, headers, now, desk.templates_dir)
     return [enqueue.add(session, app, ticket=None, event=event.kind, recipient=address, rendered=rendered, now=now)]
 
 

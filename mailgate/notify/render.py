@@ -1,7 +1,8 @@
 """Notification mail from Jinja2 templates (SPEC §5): text and HTML, English and German.
 
 Templates live in the repository's `templates/<language>/<event>.txt|.html`; an operator's
-`[outbound] templates_dir` holding files of the same names overrides them one by one. HTML is
+`[outbound] templates_dir` holding files of the same names overrides them one by one, and a
+desk's `templates_dir` (SPEC §11) overrides both for the mail of its tickets. HTML is
 autoescaped, so customer text (a summary, a comment) is shown, never interpreted.
 
 Headers are built here, not in templates, and every value that goes into one passes
@@ -62,6 +63,9 @@ class Headers:
     in_reply_to: str | None = None
     references: list[str] = field(default_factory=list)
     unsubscribe_url: str | None = None
+    from_address: str | None = None  # None: the default desk's (outbound.from_address)
+    from_name: str | None = None  # None: outbound.from_name
+    reply_to: str | None = None  # an agent's signed reply address (SPEC §11)
 
 
 @dataclass
@@ -83,17 +87,24 @@ class Renderer:
         override = self.config.outbound.templates_dir
         self._env = _environment([Path(override)] if override else [])
         self._defaults = _environment([])
+        self._desk_envs: dict[str, jinja2.Environment] = {}
 
     # --- mail ----------------------------------------------------------------------------
 
-    def language(self, wanted: str | None) -> str:
-        """WANTED when mailgate speaks it (templates and display names), else English."""
-        return wanted if wanted in _NAMES else FALLBACK_LANGUAGE
+    def language(self, wanted: str | None, fallback: str = FALLBACK_LANGUAGE) -> str:
+        """WANTED when mailgate speaks it (templates and display names), else FALLBACK (a
+        desk's language), else English."""
+        if wanted in _NAMES:
+            return wanted
+        return fallback if fallback in _NAMES else FALLBACK_LANGUAGE
 
-    def mail(self, template: str, languages: tuple[str, ...], context: dict, headers: Headers, now: datetime) -> Rendered:
-        """Render TEMPLATE (an event name) in LANGUAGES, one after another, into a message."""
-        text = "\n\n-----\n\n".join(self._render(f"{lang}/{template}.txt", lang, context) for lang in languages)
-        html = "\n<hr>\n".join(self._render(f"{lang}/{template}.html", lang, context) for lang in languages)
+    def mail(self, template: str, languages: tuple[str, ...], context: dict, headers: Headers, now: datetime,
+             templates_dir: str = "") -> Rendered:
+        """Render TEMPLATE (an event name) in LANGUAGES, one after another, into a message;
+        TEMPLATES_DIR: a desk's overrides."""
+        env = self._environment_of(templates_dir)
+        text = "\n\n-----\n\n".join(self._render(f"{lang}/{template}.txt", lang, context, env) for lang in languages)
+        html = "\n<hr>\n".join(self._render(f"{lang}/{template}.html", lang, context, env) for lang in languages)
         message = _compose(self._header_lines(headers, now), text, _html_document(html, languages[0]),
                            ", ".join(languages))
         return Rendered(header_text(headers.subject), headers.message_id, message)
@@ -114,30 +125,42 @@ class Renderer:
 
     # --- helpers -------------------------------------------------------------------------
 
-    def _render(self, name: str, language: str, context: dict) -> str:
+    def _environment_of(self, templates_dir: str) -> jinja2.Environment:
+        """The templates of a desk: its directory, then outbound.templates_dir, then ours."""
+        if not templates_dir:
+            return self._env
+        if templates_dir not in self._desk_envs:
+            override = self.config.outbound.templates_dir
+            self._desk_envs[templates_dir] = _environment([Path(d) for d in (templates_dir, override) if d])
+        return self._desk_envs[templates_dir]
+
+    def _render(self, name: str, language: str, context: dict, env: jinja2.Environment | None = None) -> str:
         context = {**context, "lang": language}
+        env = env or self._env
         try:
-            return self._env.get_template(name).render(context)
+            return env.get_template(name).render(context)
         except jinja2.TemplateError as e:
-            if not self.config.outbound.templates_dir:
+            if env is self._env and not self.config.outbound.templates_dir:
                 raise
             # A broken override must not stop tickets from being created: say so, use ours.
-            log.error("template %s from %s failed (%s); using the built-in one",
-                      name, self.config.outbound.templates_dir, e)
+            log.error("template %s from an override directory failed (%s); using the built-in one", name, e)
             return self._defaults.get_template(name).render(context)
 
     def _header_lines(self, headers: Headers, now: datetime) -> list[tuple[str, str | Header | _Unfolded]]:
         cfg = self.config
         if not is_safe_message_id(headers.message_id):
             raise ValueError(f"unsafe Message-ID {headers.message_id!r}")
+        from_name = cfg.outbound.from_name if headers.from_name is None else headers.from_name
         lines = [
-            ("From", _address(header_text(cfg.outbound.from_name), cfg.from_address)),
+            ("From", _address(header_text(from_name), headers.from_address or cfg.from_address)),
             ("To", _address(header_text(headers.to_name), headers.to_address)),
             ("Subject", _unstructured(header_text(headers.subject))),
             ("Date", email.utils.format_datetime(now)),
             ("Message-ID", headers.message_id),
         ]
         references = [r for r in dict.fromkeys(headers.references) if is_safe_message_id(r)]
+        if headers.reply_to:
+            lines.append(("Reply-To", _address(header_text(from_name), headers.reply_to)))
         if headers.in_reply_to and is_safe_message_id(headers.in_reply_to):
             lines.append(("In-Reply-To", headers.in_reply_to))
         if references:

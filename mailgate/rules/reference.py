@@ -19,22 +19,22 @@ from mailgate.signing import Signer
 from mailgate.tickets import service
 
 
-def referenced_ticket(session: Session, signer: Signer, key_prefix: str, parsed: ParsedMessage,
+def referenced_ticket(session: Session, signer: Signer, key_prefixes: tuple[str, ...], parsed: ParsedMessage,
                       contact: Contact) -> Ticket | None:
     """The first referenced ticket that exists, if CONTACT may see it; else None."""
-    for ticket in _references(session, signer, key_prefix, parsed):
+    for ticket in _references(session, signer, key_prefixes, parsed):
         return ticket if service.may_see(ticket, contact) else None
     return None
 
 
-def may_answer_a_ticket(parsed: ParsedMessage, key_prefix: str) -> bool:
+def may_answer_a_ticket(parsed: ParsedMessage, key_prefixes: tuple[str, ...]) -> bool:
     """Whether PARSED names a ticket at all (a key or a thread reference): only such a message
     can become a comment, so only its quoted history is worth stripping."""
-    return bool(parsed.in_reply_to or parsed.references or refs.keys_in_subject(parsed.subject, key_prefix))
+    return bool(parsed.in_reply_to or parsed.references or refs.keys_in_subject(parsed.subject, key_prefixes))
 
 
-def _references(session: Session, signer: Signer, key_prefix: str, parsed: ParsedMessage) -> Iterator[Ticket]:
-    for key in refs.keys_in_subject(parsed.subject, key_prefix):
+def _references(session: Session, signer: Signer, key_prefixes: tuple[str, ...], parsed: ParsedMessage) -> Iterator[Ticket]:
+    for key in refs.keys_in_subject(parsed.subject, key_prefixes):
         if ticket := service.find_ticket(session, key):
             yield ticket
     for message_id in [*reversed(parsed.in_reply_to), *reversed(parsed.references)]:

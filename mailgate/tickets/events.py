@@ -19,3 +19,4 @@ class Event:
     old: str | None = None
     new: str | None = None
     data: dict = field(default_factory=dict)
+    actor_agent: str | None = None  # the agent who acted: never mailed about it (SPEC §11)

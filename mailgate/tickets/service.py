@@ -11,13 +11,12 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from mailgate.config import DEFAULT_DESK
+from mailgate.db import insert_if_absent
 from mailgate.mail import refs
 from mailgate.mail.parse import ParsedAttachment
 from mailgate.models import Attachment, Comment, Contact, Counter, Organisation, Subscription, ThreadMessage, Ticket
 from mailgate.tickets.events import Event
-
-TICKET_COUNTER = "ticket"
-
 
 def find_ticket(session: Session, key: str, *conditions) -> Ticket | None:
     """The ticket with KEY (any case, blanks around it ignored) that meets CONDITIONS, or None."""
@@ -30,25 +29,35 @@ def may_see(ticket: Ticket, contact: Contact) -> bool:
     return contact.id == ticket.creator_id or (ticket.shared and contact.organisation_id == ticket.organisation_id)
 
 
+def agent_may_see(session: Session, ticket: Ticket, region: str) -> bool:
+    """Guide §2.5: a confidential ticket only for agents of its organisation's region."""
+    if not ticket.confidential:
+        return True
+    organisation = session.get(Organisation, ticket.organisation_id)
+    return bool(region) and organisation is not None and organisation.region == region
+
+
 def allocate_key(session: Session, prefix: str) -> str:
-    """The next ticket key. The counter row is locked until commit, so keys never repeat,
-    with several instances on one database too; a rolled-back number leaves a gap."""
-    result = session.execute(
-        sa.update(Counter).where(Counter.name == TICKET_COUNTER).values(value=Counter.value + 1)
-    )
+    """The next ticket key of PREFIX (numbers per prefix, from 1). The counter row is locked
+    until commit, so keys never repeat, with several instances on one database too; a
+    rolled-back number leaves a gap."""
+    name = f"ticket:{prefix.upper()}"
+    result = session.execute(sa.update(Counter).where(Counter.name == name).values(value=Counter.value + 1))
     if result.rowcount == 0:
-        session.add(Counter(name=TICKET_COUNTER, value=1))
-        session.flush()
-    number = session.execute(select(Counter.value).where(Counter.name == TICKET_COUNTER)).scalar_one()
+        # The prefix's first ticket: of two instances starting it at once, one inserts, the
+        # other waits for it (PostgreSQL) and then counts on from there.
+        if not insert_if_absent(session, Counter, name=name, value=1):
+            session.execute(sa.update(Counter).where(Counter.name == name).values(value=Counter.value + 1))
+    number = session.execute(select(Counter.value).where(Counter.name == name)).scalar_one()
     return f"{prefix}-{number}"
 
 
 def create_ticket(
     session: Session, *, key_prefix: str, creator: Contact, summary: str, description: str,
-    now: datetime, follow_up_of: Ticket | None = None,
+    now: datetime, follow_up_of: Ticket | None = None, desk: str = DEFAULT_DESK,
 ) -> tuple[Ticket, list[Event]]:
     ticket = Ticket(
-        key=allocate_key(session, key_prefix), summary=summary, description=description,
+        key=allocate_key(session, key_prefix), desk=desk, summary=summary, description=description,
         creator_id=creator.id, organisation_id=creator.organisation_id, shared=True,
         follow_up_of_id=follow_up_of.id if follow_up_of else None,
         created_at=now, updated_at=now, last_customer_feedback_at=now, status_changed_at=now,
@@ -72,7 +81,7 @@ def add_comment(
     session.flush()
     if internal:
         return comment, []  # internal notes never reach a customer
-    return comment, [Event("comment_added", ticket.id, author.id if author else None, comment.id)]
+    return comment, [Event("comment_added", ticket.id, author.id if author else None, comment.id, actor_agent=agent)]
 
 
 def set_status(ticket: Ticket, status: str, now: datetime, actor_contact_id: int | None = None) -> list[Event]:
@@ -181,15 +190,9 @@ def agent_set(
     """Change status, type and priority by the rules of the guide. One action is one event
     (SPEC §5: one notification per recipient), named after its weightiest change — status,
     then type, then priority — and carrying every change in `data["changes"]`."""
-    from mailgate.models import PRIORITIES, PRIORITISED_TYPES, STATUSES, TYPES
+    from mailgate.models import PRIORITISED_TYPES
 
-    _check_open(ticket)
-    _check_choice("status", status, STATUSES)
-    _check_choice("type", type, TYPES)
-    _check_choice("priority", priority, PRIORITIES)
-    new_type = type or ticket.type
-    if priority and new_type not in PRIORITISED_TYPES:
-        raise TicketError(f"a priority belongs to incidents and defects, not to {new_type}")
+    check_set(ticket, status=status, type=type, priority=priority)
     changes: list[Event] = []
     if type and type != ticket.type:
         changes.append(Event("type_changed", ticket.id, old=ticket.type, new=type))
@@ -207,6 +210,21 @@ def agent_set(
     return [one_event(changes, agent)] if changes else []
 
 
+def check_set(ticket: Ticket, *, status: str | None = None, type: str | None = None,
+              priority: str | None = None) -> None:
+    """The rules `agent_set` applies, checked without changing anything: TicketError names
+    the first value or rule at fault."""
+    from mailgate.models import PRIORITIES, PRIORITISED_TYPES, STATUSES, TYPES
+
+    _check_open(ticket)
+    _check_choice("status", status, STATUSES)
+    _check_choice("type", type, TYPES)
+    _check_choice("priority", priority, PRIORITIES)
+    new_type = type or ticket.type
+    if priority and new_type not in PRIORITISED_TYPES:
+        raise TicketError(f"a priority belongs to incidents and defects, not to {new_type}")
+
+
 _WEIGHT = {"status_changed": 0, "type_changed": 1, "priority_changed": 2}
 
 
@@ -217,6 +235,7 @@ def one_event(changes: list[Event], agent: str | None = None) -> Event:
                             for e in sorted(changes, key=lambda e: _WEIGHT[e.kind])]
     if agent:
         main.data["agent"] = agent
+        main.actor_agent = agent
     return main
 
 

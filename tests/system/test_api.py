@@ -68,6 +68,25 @@ def test_list_with_filters(api):
     assert [r["key"] for r in api("GET", "/tickets?creator=gina@globex.example")[1]] == ["SD-2"]
 
 
+def test_the_desk_filter_is_checked(make_config, cli):
+    """SPEC §11: ?desk=NAME lists one desk's tickets; a desk that does not exist is a 400 naming the desks."""
+    from mailgate.ingest import pipe
+    from tests.support import make_message
+
+    config = make_config("desks.toml", agents=AGENTS, desks=[
+        {"name": "billing", "addresses": ["billing@example.com"], "key_prefix": "BILL"}])
+    app = App(config_module.load(config)).prepare()
+    world.build(app)
+    pipe.deliver(app, make_message(subject="Invoice"), "alice@acme.example", "billing@example.com")
+    with running_http(app) as port:
+        api = _client(port, None)
+        assert [r["key"] for r in api("GET", "/tickets?desk=billing")[1]] == ["BILL-1"]
+        assert [r["key"] for r in api("GET", "/tickets?desk=default")[1]] == ["SD-1", "SD-2"]
+        status, body = api("GET", "/tickets?desk=bills")
+        assert status == 400 and "desk: 'bills' is not one of default, billing" in body["error"]
+    app.close()
+
+
 def test_show_comment_and_set(api):
     status, ticket = api("GET", "/tickets/SD-1")
     assert status == 200 and ticket["summary"] == "Login page shows error 500"
