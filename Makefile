@@ -12,7 +12,7 @@ test:                       ## install what the tests need and run the whole sui
 	bash scripts/test.sh
 
 unit: install-test           ## the unit tests alone (no process, no socket; SQLite): under a minute
-	MAILGATE_TEST_DB=sqlite $(BIN)/pytest -q -n auto tests/unit
+	MAILGATE_TEST_DB=sqlite $(BIN)/pytest -q -n auto --dist loadfile tests/unit
 
 install: $(BIN)/mailgate
 

@@ -35,9 +35,9 @@ if [ ${#wanted[@]} -gt 0 ]; then
     fi
 fi
 
-# Both cores (pytest-xdist); tests go to whichever worker is free (the expensive fixtures are
-# made per test or once per worker, so nothing is gained by keeping a file on one worker).
-PARALLEL=(-n "${MAILGATE_TEST_WORKERS:-auto}" --dist worksteal)
+# Both cores (pytest-xdist). A file's tests stay on one worker (--dist loadfile), so a module
+# fixture that runs a whole corpus runs once; files go to whichever worker is free.
+PARALLEL=(-n "${MAILGATE_TEST_WORKERS:-auto}" --dist loadfile)
 
 echo "== tests on SQLite"
 MAILGATE_TEST_DB=sqlite .venv/bin/pytest "${PARALLEL[@]}" "$@"

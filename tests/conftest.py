@@ -24,14 +24,17 @@ TEST_DB = os.environ.get("MAILGATE_TEST_DB", "sqlite")
 
 
 def pytest_collection_modifyitems(config, items):
-    """The PostgreSQL pass runs only the tests that touch a database: the others (parsing,
-    rendering, config, the spool on its own) ran in the SQLite pass and would only repeat."""
+    """The PostgreSQL pass runs only the tests whose subject involves the database: the others
+    (parsing, rendering, config, the spool on its own — and, marked `one_database`, the
+    listener, the IMAP poller, OAuth2, worker supervision, the budget, signals, which use a
+    database only to look at the result) ran in the SQLite pass and would only repeat."""
     if TEST_DB != "postgresql":
         return
     kept, skipped = [], []
     for item in items:
         uses_db = bool(DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())))
-        (kept if uses_db or item.get_closest_marker("database") else skipped).append(item)
+        wanted = (uses_db or item.get_closest_marker("database")) and not item.get_closest_marker("one_database")
+        (kept if wanted else skipped).append(item)
     if skipped:
         config.hook.pytest_deselected(items=skipped)
         items[:] = kept

@@ -20,7 +20,7 @@ from tests.support import (
     SUPPORT, add_customer, alive, children_of, cli_json, make_message, send, wait_for,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.one_database]
 
 BUDGET = {"processing": {"budget_seconds": 1.0}}
 

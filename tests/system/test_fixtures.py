@@ -138,6 +138,7 @@ def test_fixture_through_deliver(app, case):
     _check(app, case, _deliver_pipe)
 
 
+@pytest.mark.one_database  # the database's part is the deliver path's, on both databases
 @pytest.mark.parametrize("case", CASES, ids=[c["file"] for c in CASES])
 def test_fixture_through_smtp(app, case):
     with running_daemon(app) as daemon:

@@ -16,7 +16,7 @@ import pytest
 from tests import gateway_hostile as hostile
 from tests.support import SUPPORT, add_customer, cli_json, send, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.one_database]
 
 MB = 1024 * 1024
 PEAK_RSS = 300 * MB

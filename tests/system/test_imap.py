@@ -21,7 +21,7 @@ from tests.dovecot import dovecot, dovecot_basic, dovecot_tls  # noqa: F401  (fi
 from tests.inprocess import running_daemon
 from tests.support import add_customer, cli_json, make_message, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.one_database]
 
 
 def mailbox(server, user: str = "support", **overrides) -> dict:

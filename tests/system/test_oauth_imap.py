@@ -23,7 +23,7 @@ from tests.support import add_customer, cli_json, make_message, wait_for
 from tests.system.test_imap import connected, healthz, log_lines, state, summaries
 from tests.oauthsupport import OPERATOR, finish, login_process, oauth_keys, signed_in, user_code
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.one_database]
 
 
 @pytest.fixture

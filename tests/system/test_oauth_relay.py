@@ -29,6 +29,8 @@ from tests.oauthserver import CLIENT_ID, auth  # noqa: F401  (a fixture)
 from tests.oauthsupport import OPERATOR, SENDER, finish, login_process, oauth_keys, signed_in, user_code
 from tests.support import cli_json, wait_for
 
+pytestmark = pytest.mark.one_database
+
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ SYSTEM_PYTHON = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.mino
 PIPE_ADDRESS = "help@example.com"
 
 pytestmark = [
+    pytest.mark.one_database,
     pytest.mark.slow,
     pytest.mark.skipif(not os.path.exists(POSTFIX), reason="Postfix is not installed (scripts/test.sh installs it)"),
     pytest.mark.skipif(os.geteuid() != 0, reason="a private Postfix instance is started as root"),

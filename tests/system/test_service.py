@@ -1,5 +1,6 @@
 """Running as a service (issue #6): systemd notification and watchdog, signals, health and
-metrics over real HTTP, the unit file, and two instances on one PostgreSQL database."""
+metrics over real HTTP, the unit file, and two instances on one PostgreSQL database. All but
+the last are about the process, not the database (`one_database`: the SQLite pass runs them)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ class NotifySocket:
         self.sock.close()
 
 
+@pytest.mark.one_database
 def test_ready_watchdog_and_stopping(tmp_path, config_path):
     notify = NotifySocket(tmp_path / "notify.sock")
     try:
@@ -80,6 +82,7 @@ def test_ready_watchdog_and_stopping(tmp_path, config_path):
         notify.close()
 
 
+@pytest.mark.one_database
 def test_unit_file_has_what_the_operator_needs():
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.optionxform = str
@@ -94,6 +97,7 @@ def test_unit_file_has_what_the_operator_needs():
     assert " serve" in service["ExecStart"] and "--config" in service["ExecStart"]
 
 
+@pytest.mark.one_database
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
 def test_unit_file_verifies(tmp_path):
     mailgate = Path(sys.executable).parent / "mailgate"
@@ -108,6 +112,7 @@ def test_unit_file_verifies(tmp_path):
 # --- signals -------------------------------------------------------------------------------------
 
 
+@pytest.mark.one_database
 def test_sigterm_refuses_new_connections_with_421_and_finishes_the_message_in_hand(daemon, cli, config_path):
     add_customer(cli)
     d = daemon()
@@ -131,6 +136,7 @@ def test_sigterm_refuses_new_connections_with_421_and_finishes_the_message_in_ha
     assert d2.stop() == 0
 
 
+@pytest.mark.one_database
 def test_sighup_reloads_what_can_change(tmp_path, daemon, cli, config_path, make_config):
     add_customer(cli)
     d = daemon()
@@ -148,6 +154,7 @@ def test_sighup_reloads_what_can_change(tmp_path, daemon, cli, config_path, make
 # --- health and metrics --------------------------------------------------------------------------
 
 
+@pytest.mark.one_database
 def test_healthz_and_metrics_over_http(daemon, cli, config_path):
     add_customer(cli)
     d = daemon()
@@ -171,6 +178,7 @@ def test_healthz_and_metrics_over_http(daemon, cli, config_path):
     assert "mailgate_send_failures_total" in text or "mailgate_send_failures" in text
 
 
+@pytest.mark.one_database
 def test_healthz_fails_when_the_spool_cannot_be_written(daemon, config_path):
     d = daemon()
     tmp = config_path.parent / "state" / "spool" / "tmp"

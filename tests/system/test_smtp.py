@@ -12,6 +12,8 @@ import pytest
 from tests.support import SUPPORT, LineClient, add_customer, cli_json, crlf, send, spool_files, wait_for
 from tests.support import make_message as _make_message
 
+pytestmark = pytest.mark.one_database
+
 
 EMPTY = {"tmp": [], "new": [], "cur": []}
 

@@ -12,6 +12,8 @@ from mailgate.app import App
 from tests.inprocess import running_daemon, smtp_port
 from tests.support import LineClient, make_message, wait_for
 
+pytestmark = pytest.mark.one_database
+
 
 @pytest.fixture
 def listening(make_config):

@@ -12,7 +12,7 @@ import pytest
 
 from tests.support import add_customer, alive as _alive, children_of as _children, cli_json, make_message, send, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.one_database]
 
 TWO_WORKERS = {"processing": {"processes": 2}}
 
