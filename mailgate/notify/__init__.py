@@ -5,6 +5,8 @@ exactly when the change does (a transactional outbox). The sender (`mailgate.out
 delivers them later; when the transaction commits it is woken, if it runs in this process.
 
     recipients.py     the rules of §5: who is told
+    agents.py         which agents are told, and what (SPEC §11)
+    reply_address.py  the agents' signed reply addresses
     compose.py        template variables and threading headers of one ticket mail
     render.py         Jinja2 templates → a message whose headers no customer text can touch
     notices.py        the once-a-day notice to unknown senders (§4.4)
@@ -19,7 +21,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from mailgate.models import Outbound, Ticket, utcnow
-from mailgate.notify import compose, notices
+from mailgate.notify import agents, compose, notices
 from mailgate.notify.recipients import recipients
 from mailgate.outbound import enqueue
 
@@ -31,6 +33,8 @@ def queue(session: Session, app, events) -> list[Outbound]:
     for event in events:
         if event.kind == "unknown_sender_notice":
             rows += notices.queue(session, app, event, now)
+        elif event.kind == "agent_notice":
+            rows += agents.queue_notice(session, app, event, now)
         else:
             rows += _ticket_event(session, app, event, now)
     if rows:
@@ -45,6 +49,7 @@ def _ticket_event(session: Session, app, event, now) -> list[Outbound]:
     mail = compose.EventMail(session, app, ticket, event)
     mails = [(recipient.contact.email, mail.render(recipient, now))
              for recipient in recipients(session, ticket, event)]
+    mails += agents.mails(session, app, mail, now, skip={address for address, _ in mails})
     return enqueue.add_many(session, app, ticket=ticket, event=event.kind, mails=mails, now=now)
 
 

@@ -71,7 +71,8 @@ def _event_context(session: Session, app, ticket: Ticket, event: Event, desk: de
         "ticket": {
             "key": ticket.key, "summary": ticket.summary, "type": ticket.type, "status": ticket.status,
             "priority": ticket.priority, "description": _clip(ticket.description),
-            "creator": creator.name if creator else "",
+            "creator": creator.name if creator else "", "creator_email": creator.email if creator else "",
+            "confidential": ticket.confidential,
             "organisation": session.get(Organisation, ticket.organisation_id).name,
             "follow_up_of": {"key": origin.key, "summary": origin.summary} if origin else None,
         },
@@ -117,7 +118,8 @@ def _comment(session: Session, comment_id: int | None) -> dict | None:
     if comment is None:
         return None
     author = session.get(Contact, comment.author_contact_id) if comment.author_contact_id else None
-    return {"author": author.name if author else (comment.author_agent or ""), "body": _clip(comment.body)}
+    return {"author": author.name if author else (comment.author_agent or ""), "body": _clip(comment.body),
+            "author_email": author.email if author else None}
 
 
 def _first_inbound_id(session: Session, ticket: Ticket) -> str | None:

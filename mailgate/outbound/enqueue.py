@@ -14,7 +14,8 @@ more than any person writes. Mail to such an address is paced: at most
 set to its turn and the reason in `last_error` (`mailgate outbox list` shows both; `outbox
 retry` lets them go now), and the first row held back is logged. Nothing is ever failed for
 it, a busy organisation that merely receives a lot is never slowed, and a creator's
-confirmation of a new ticket (which carries the key to reply with) is never held back.
+confirmation of a new ticket (which carries the key to reply with) is never held back, nor is
+mail to an agent (SPEC §11: an agent who answers many tickets by mail is working, not looping).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def add_many(session: Session, app, *, ticket: Ticket | None, event: str,
     for all of them. The recipients of one event are distinct."""
     if not mails:
         return []
-    guarded = {recipient for recipient, _ in mails} - _never_held(session, ticket, event)
+    guarded = {recipient for recipient, _ in mails} - _never_held(session, ticket, event) - _agents(app.config)
     turns = _LoopGuard(session, app.config.outbound, now).turns(guarded)
     rows = []
     for recipient, rendered in mails:
@@ -76,6 +77,10 @@ def _never_held(session: Session, ticket: Ticket | None, event: str) -> set[str]
         return set()
     creator = session.get(Contact, ticket.creator_id)
     return {creator.email} if creator else set()
+
+
+def _agents(config) -> set[str]:
+    return {a.email.lower() for a in config.agents if a.email}
 
 
 class _LoopGuard:
