@@ -88,15 +88,17 @@ def _count_attachments(msg: Message, most: int) -> None:
 
 
 def declared_charset(msg: Message) -> str | None:
-    """The first charset the message declares for a text part: the best guess for raw 8-bit
-    header fields and file names, which declare none."""
+    """The first charset the message declares for a text part, else the first that its
+    subject or addresses name in an encoded word: the best guess for raw 8-bit header fields,
+    file names and text parts, which declare none ("äöüß" alone reads as two Chinese
+    characters just as cleanly)."""
     for part in msg.walk():
         charset = part.get_content_charset()
         if charset and charsets.codec_of(charset) not in (None, "ascii"):
             return charset
         if part.get_content_type() in _ATTACHED_MESSAGES:
-            return None
-    return None
+            break
+    return headers.encoded_word_charset(msg)
 
 
 # --- the walk ------------------------------------------------------------------------------
@@ -132,13 +134,21 @@ def _alternative(walk: _Walk, children: list[Message]) -> Message | None:
 
 def _says_far_less(walk: _Walk, plain: Message, rich: Message) -> bool:
     """Whether the plain alternative tells less than the rich one: far shorter, or opening
-    with words the rich one does not have (a stale or templated plain part)."""
+    with words the rich one does not have (a stale or templated plain part) — unless it is
+    far longer: then the rich part is the stub (a forward kept whole only in the plain
+    part), and dropping the plain one would lose what the sender sent."""
     def squeezed(alternative: Message) -> str:
         texts = (_text(walk, p, count=False) for p in alternative.walk() if _is_body_text(p) and _has_text(p))
         return "".join("".join(texts).split())
 
     plain_text, rich_text = squeezed(plain), squeezed(rich)
-    return 3 * len(plain_text) + 200 < len(rich_text) or plain_text[:60] not in rich_text
+    if _far_shorter(rich_text, plain_text):
+        return False
+    return _far_shorter(plain_text, rich_text) or plain_text[:60] not in rich_text
+
+
+def _far_shorter(text: str, other: str) -> bool:
+    return 3 * len(text) + 200 < len(other)
 
 
 def _is_body_text(part: Message) -> bool:
@@ -156,7 +166,7 @@ def _has_text(part: Message) -> bool:
 def _text(walk: _Walk, part: Message, count: bool = True) -> str:
     """PART's text; COUNT false: a look that does not count against the budget (the part is
     counted when it is taken)."""
-    text = charsets.decode(_decoded(walk, part, count), part.get_content_charset())
+    text = charsets.decode(_decoded(walk, part, count), part.get_content_charset(), walk.hint)
     return htmltext.to_text(text) if part.get_content_subtype() == "html" else text
 
 

@@ -47,8 +47,12 @@ _UNKNOWN = {"", "us-ascii", "ascii", "unknown", "unknown-8bit", "x-unknown", "de
 _ISO_2022_JP = {"iso-2022-jp", "csiso2022jp", "iso2022jp", "iso-2022-jp-1", "iso-2022-jp-2", "iso-2022-jp-3"}
 
 
-def decode(data: bytes, declared: str | None = None) -> str:
-    """DATA as text: the declared charset when it decodes, else the most likely one."""
+def decode(data: bytes, declared: str | None = None, hint: str | None = None) -> str:
+    """DATA as text: the declared charset when it decodes, else the most likely one. HINT is
+    the charset the rest of the message is in: taken like a declaration for a part that
+    declares none (or one nobody knows)."""
+    if hint and codec_of(declared) is None and _normalise(declared) not in _ISO_2022_JP:
+        declared = hint
     name = _normalise(declared)
     if name in _ISO_2022_JP:
         return jis.decode_iso2022jp(data)
@@ -63,6 +67,8 @@ def decode(data: bytes, declared: str | None = None) -> str:
                 return data.decode(candidate)
             except (UnicodeDecodeError, LookupError):
                 continue
+    if _mostly_utf8(data):
+        return _mixed(data)
     return data.decode(detect(data) or codec or "cp1252", "replace")
 
 
@@ -72,6 +78,8 @@ def _single_byte(data: bytes, codec: str) -> str:
     Latin-1) yields to what detection finds."""
     if _is_utf8(data):
         return data.decode("utf-8")
+    if _mostly_utf8(data):
+        return _mixed(data, codec)
     text = data.decode(codec, "replace")
     declared_mess = mess_ratio(text[:MESS_SAMPLE], 1.0)
     if declared_mess < 0.5:
@@ -169,6 +177,34 @@ def _is_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+# A well-formed multi-byte UTF-8 sequence (RFC 3629's table: no overlongs, no surrogates).
+_UTF8_SEQUENCE = re.compile(
+    rb"[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}"
+    rb"|\xed[\x80-\x9f][\x80-\xbf]|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}"
+    rb"|\xf4[\x80-\x8f][\x80-\xbf]{2}")
+_ESCAPED = re.compile("[\udc80-\udcff]+")  # bytes that were not UTF-8, as surrogate escapes
+MIXED_MAX = 1024 * 1024
+
+
+def _mostly_utf8(data: bytes) -> bool:
+    """Whether DATA is UTF-8 with a few pieces in a single-byte charset: a Latin-1 footer
+    under a UTF-8 body, text pasted from a legacy program. Most of its 8-bit bytes belong to
+    well-formed UTF-8 sequences — which Latin-1 text almost never has ("Ã" followed by a
+    control character), and double-byte CJK text has for only a small share of its bytes.
+    Only a part of text's usual size is read so (`MIXED_MAX`): beyond it, detection decides."""
+    if len(data) > MIXED_MAX:
+        return False
+    high = sum(len(run) for run in _HIGH_RUNS.findall(data))
+    in_sequences = sum(len(m) for m in _UTF8_SEQUENCE.findall(data))
+    return high > 0 and in_sequences >= 2 and in_sequences >= 0.6 * high
+
+
+def _mixed(data: bytes, single_byte: str = "cp1252") -> str:
+    """DATA as UTF-8, each byte that is not part of a UTF-8 sequence read in SINGLE_BYTE."""
+    table = {0xDC00 + b: bytes((b,)).decode(single_byte, "replace") for b in range(0x80, 0x100)}
+    return _ESCAPED.sub(lambda m: m.group().translate(table), data.decode("utf-8", "surrogateescape"))
 
 
 def _is_single_byte(codec: str) -> bool:

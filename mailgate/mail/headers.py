@@ -23,6 +23,7 @@ from mailgate.mail import charsets, refs
 # Spaces inside the encoded text are not allowed, but mailers write them ("=?UTF-8?Q? Betreff?=").
 _ENCODED_WORD = re.compile(rb"=\?([^?\s]{1,64})\?([bBqQ])\?([^?]{0,2000})\?=")
 _GAP = re.compile(rb"[ \t\r\n]*")
+_HINT_SCAN = 4096  # characters of a header looked at for a charset hint
 _QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
 _LINE_BREAKS = re.compile(r"[\r\n\t]")
 MAX_ID_SCAN = 256 * 1024  # how much of a raw message `message_id_of` reads at most
@@ -31,6 +32,18 @@ MAX_ID_SCAN = 256 * 1024  # how much of a raw message `message_id_of` reads at m
 def raw_values(msg: Message, name: str) -> list[str]:
     """A header's values as received (8-bit bytes as surrogate escapes)."""
     return [str(v) for k, v in msg.raw_items() if k.lower() == name.lower()]
+
+
+def encoded_word_charset(msg: Message) -> str | None:
+    """The first charset other than ASCII that an encoded word of the subject or an address
+    header names: what the sender's software writes in, when no text part says so."""
+    for name in ("Subject", "From", "To", "Cc"):
+        for value in raw_values(msg, name):
+            for match in _ENCODED_WORD.finditer(value[:_HINT_SCAN].encode("utf-8", "surrogateescape")):
+                charset = match.group(1).split(b"*", 1)[0].decode("ascii", "replace")
+                if charsets.codec_of(charset) not in (None, "ascii", "utf-8"):
+                    return charset
+    return None
 
 
 def decode(value: str, hint: str | None = None, fold: bool = True) -> str:

@@ -13,11 +13,19 @@ import logging
 import re
 
 from inscriptis import get_text
+from inscriptis.css_profiles import CSS_PROFILES
+from inscriptis.model.config import ParserConfig
 
 log = logging.getLogger(__name__)
 
 MAX_LAYOUT_CHARS = 128 * 1024  # what inscriptis is given at most
 MAX_LAYOUT_CELLS = 2000
+
+# inscriptis' relaxed profile (spaces around inline elements, so words in adjacent spans do
+# not run together) but without its indentation of every <div>: mail clients nest divs ten
+# deep (Gmail, Outlook on the web), and each level pushed every line of the ticket two
+# spaces further right.
+_LAYOUT = ParserConfig(css={**CSS_PROFILES["relaxed"], "div": CSS_PROFILES["strict"]["div"]})
 
 _CELL = re.compile(r"<t[dh][\s>]", re.I)
 # Every pattern is bounded by the next "<" or by a length, so no match can scan the rest of
@@ -49,7 +57,7 @@ def _title(markup: str) -> str:
 def _layout(markup: str) -> str:
     if len(markup) <= MAX_LAYOUT_CHARS and len(_CELL.findall(markup, 0, MAX_LAYOUT_CHARS)) <= MAX_LAYOUT_CELLS:
         try:
-            text = get_text(markup)
+            text = get_text(markup, _LAYOUT)
             if text.strip():
                 return text
             # lxml stops at 256 levels of nesting and inscriptis then returns nothing

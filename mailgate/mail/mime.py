@@ -92,10 +92,12 @@ class _Builder:
 
     def _multipart(self, msg: Message, data: bytes, start: int, end: int, boundary: str, depth: int) -> bool:
         """Split a multipart body at its boundary; False when the boundary never appears
-        (then the body is kept as text, as the standard parser does)."""
+        (then the body is kept as text, as the standard parser does) or only closes a
+        multipart that has no part (its opening delimiters were mangled: the text is all
+        the sender's words there are)."""
         marker = b"--" + boundary.encode("ascii", "surrogateescape")
         delimiters = list(_delimiters(data, marker, start, end))
-        if not delimiters:
+        if not delimiters or delimiters[0][2]:
             return False
         msg.preamble = _text(data, start, _before_newline(data, start, delimiters[0][0])) or None
         parts = []

@@ -154,14 +154,16 @@ def _unquoted_runs(lines: list[str], start: int, end: int, budget: _Budget | Non
 
 def _drop_attribution(lines: list[str]) -> None:
     """Remove the attribution paragraph at the end of LINES: up to three lines, the last
-    ending with ":", with a date or an address in them."""
+    ending with ":", with a date or an address in them, or a "wrote" word ("Marc wrote:",
+    as Netscape, old Thunderbird and many list readers write it)."""
     while lines and not lines[-1].strip():
         lines.pop()
     paragraph = 0
     while paragraph < len(lines) and paragraph < WINDOW and lines[-1 - paragraph].strip():
         paragraph += 1
     text = " ".join(lines[len(lines) - paragraph:])
-    if paragraph and text.rstrip().endswith(":") and _ATTRIBUTION_HINT.search(text) and len(text) < 3 * MAX_LINE:
+    hinted = _ATTRIBUTION_HINT.search(text) or _WROTE_WORDS.search(text.lower())
+    if paragraph and text.rstrip().endswith(":") and hinted and len(text) < 3 * MAX_LINE:
         del lines[len(lines) - paragraph:]
 
 

@@ -235,7 +235,8 @@ def test_the_readmes_postfix_setup_with_a_real_postfix(make_config, daemon, cli,
             assert "relay=mailgate" in line
             result = nobody("ticket", "list", "--json")
             assert result.returncode == 0, result.stderr
-            assert [t["summary"] for t in json.loads(result.stdout)] == ["Through the pipe"]
+            inbox = nobody("inbox", "list", "--json").stdout  # what became of it, when it is no ticket
+            assert [t["summary"] for t in json.loads(result.stdout)] == ["Through the pipe"], inbox
         else:
             pytest.skip(f"LMTP and RCPT checked; the pipe needs {SYSTEM_PYTHON} (the venv's Python "
                         "version) for user nobody, and this machine has none")

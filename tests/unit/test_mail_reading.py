@@ -52,6 +52,43 @@ def test_detection_reads_a_bounded_sample_of_a_big_part():
     assert text.startswith("自从昨天系统升级以后")
 
 
+@pytest.mark.parametrize("declared", [None, "iso-8859-1", "iso-gb2312", "us-ascii"])
+def test_utf8_with_pieces_in_windows_1252_reads_each_piece_in_its_charset(declared):
+    """A UTF-8 body under a footer a legacy server appended in Windows-1252 (Zammad's mail060
+    is of the kind): neither charset alone reads it, so each byte that is no UTF-8 is read
+    as Windows-1252 (or as the single-byte charset declared)."""
+    data = "Grüße – 差出人 ".encode() + "Geschäftsführer: Jürgen Weiß".encode("cp1252")
+    assert charsets.decode(data, declared) == "Grüße – 差出人 Geschäftsführer: Jürgen Weiß"
+
+
+def test_text_in_a_double_byte_charset_is_not_taken_for_utf8_with_pieces():
+    for text, encoding in (("自从昨天系统升级以后，我们部门的电脑都无法连接到公司的网络打印机。", "gbk"),
+                           ("三階のプリンターが昨日から印刷できません。ご確認をお願いします。", "cp932"),
+                           ("회의실 예약 시스템에 접속할 수 없습니다. 확인 부탁드립니다.", "cp949"),
+                           ("我們的印表機壞了，請盡快派人來修理。謝謝您的幫忙。", "big5")):
+        assert charsets.decode(text.encode(encoding)) == text, encoding
+
+
+def test_undeclared_text_takes_the_charset_the_rest_of_the_message_names():
+    """"ÄÖÜß" alone decodes as cleanly in GBK (two Chinese characters) as in Latin-1: the
+    subject's encoded word says which (Zammad's mail105 is of the kind)."""
+    data = "ÄÖÜß sind kaputt.".encode("cp1252")
+    assert charsets.decode(data, None, hint="iso-8859-1") == "ÄÖÜß sind kaputt."
+    assert charsets.decode("ÄÖÜß sind kaputt.".encode(), None, hint="iso-8859-1") == "ÄÖÜß sind kaputt."  # UTF-8 is UTF-8
+    assert charsets.decode(data, "windows-1250", hint="iso-8859-1") == data.decode("cp1250")  # a declaration stands
+    message = parse(b"From: bernd@acme.example\r\nSubject: =?iso-8859-1?Q?=C4nderung?=\r\n"
+                    b"Content-Type: text/plain; charset=us-ascii\r\n\r\n" + data)
+    assert message.subject == "Änderung" and message.text.startswith("ÄÖÜß sind kaputt."), message.text
+
+
+def test_mixed_charsets_are_read_in_bounded_time():
+    hostile = ("äöü ".encode() + b"\xe4\xf6 x ") * 2_000_000  # 24 MB of pieces in two charsets
+    started = time.perf_counter()
+    charsets.decode(hostile, "iso-8859-1")
+    charsets.decode(hostile[:charsets.MIXED_MAX], None)
+    assert time.perf_counter() - started < 2.0
+
+
 # --- MIME shapes -------------------------------------------------------------------------------
 
 
