@@ -720,7 +720,7 @@ def _run(argv: list[str], deliver: bool = False) -> int:
         _error(f"{e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}")
         return EX_UNAVAILABLE
     except Exception as e:
-        if not (is_database_error(e) and is_transient(e)):
+        if not (is_database_error(e) and (is_transient(e) or _not_a_database(e))):
             raise
         _error(f"database unavailable: {first_line(e)}")
         return EX_UNAVAILABLE
@@ -728,6 +728,12 @@ def _run(argv: list[str], deliver: bool = False) -> int:
         return 130
     finally:
         app.close()
+
+
+def _not_a_database(error: Exception) -> bool:
+    """The database URL names something that is no database (SQLite: "file is not a
+    database"): the operator's to mend, and one line says so — no traceback."""
+    return type(error).__name__ == "DatabaseError"
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ at every request, never assumed.
 
 Each check says "ok" or "failing"; `problems` names why for each failing one. Every check
 catches its own errors: whatever the file system does, the answer is JSON, 200 or 503.
-IMAP mailboxes are reported beside this, not judged: one unreachable mailbox does not stop
-mail from the listener and the other mailboxes (alert on `imap.<name>.status` instead).
+The daemon's IMAP mailboxes are added beside these (mailgate.http.server): one that does not
+fetch is a failing part `imap.<name>` (mailgate.ingest.imap.Pollers.problems).
 """
 
 from __future__ import annotations

@@ -30,8 +30,11 @@ async def healthz(request: web.Request) -> web.Response:
     app: App = request.app[APP]
     body = await run_blocking(health.checks, app)
     if request.app[MAILBOXES] is not None:
-        # Reported, not judged: a mailbox the daemon cannot reach does not make the daemon unhealthy.
+        # Each mailbox is a promise too (SPEC §8): one that does not fetch makes the answer 503,
+        # named `imap.<name>` in `problems`; the others are reported as they are.
         body["imap"] = request.app[MAILBOXES].report()
+        body["problems"].update({f"imap.{name}": why for name, why in request.app[MAILBOXES].problems().items()})
+        body["status"] = "failing" if body["problems"] else "ok"
     if app.oauth.keepers:
         body["oauth"] = app.oauth.health()  # reported like the mailboxes: one account's trouble is its own
     return web.json_response(body, status=200 if body["status"] == "ok" else 503)

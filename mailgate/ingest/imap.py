@@ -43,7 +43,7 @@ from mailgate.models import utcnow
 from mailgate.core.spool import Envelope, SpoolError
 from mailgate.errors import first_line
 from mailgate.oauth import sasl
-from mailgate.oauth.refresher import NeedsLogin
+from mailgate.oauth.refresher import NO_TOKEN, REFRESH_FAILED, NeedsLogin
 
 log = logging.getLogger("mailgate.imap")
 
@@ -58,6 +58,7 @@ MOVE_BATCH = 25  # spooled messages moved per command
 _BACKOFF = tenacity.wait_exponential_jitter(multiplier=1, max=30, jitter=1)
 
 CONNECTED, DISCONNECTED, LOGIN_FAILED = "connected", "disconnected", "login failed"
+FAILING_AFTER = 3  # failed sessions in a row after which /healthz calls a mailbox failing
 
 
 class LoginFailed(Exception):
@@ -363,6 +364,20 @@ class Pollers:
 
     def report(self) -> dict[str, dict]:
         return {p.name: {**asdict(p.state), **({"oauth": p.tokens.health} if p.tokens else {})} for p in self.pollers}
+
+    def problems(self) -> dict[str, str]:
+        """The mailboxes that do not fetch mail now, and why (for /healthz's verdict): a login
+        refused, an OAuth2 token that needs a new login, or no connection for several tries
+        in a row. A mailbox still starting, or between two tries, is not a problem yet."""
+        found = {}
+        for p in self.pollers:
+            oauth = p.tokens.health if p.tokens else None
+            if oauth in (REFRESH_FAILED, NO_TOKEN):
+                found[p.name] = f"oauth: {oauth}: run `mailgate oauth login {p.name}`"
+            elif p.state.status == LOGIN_FAILED or (p.state.status == DISCONNECTED
+                                                    and p.state.failures >= FAILING_AFTER):
+                found[p.name] = f"{p.state.status}: {p.state.last_error}"
+        return found
 
 
 # --- blocking helpers (run in a mailbox's thread) ---------------------------------------

@@ -221,8 +221,9 @@ def test_a_wrong_password_is_logged_and_the_other_mailbox_works(dovecot, daemon,
     (line,) = log_lines(d, "login failed")
     assert "IMAP support:" in line and "user support" in line
     assert "not-the-password" not in d.output()
-    report = healthz(d)
-    assert report["status"] == "ok" and report["imap"]["sales"]["status"] == "connected"
+    report = healthz(d)  # the failing mailbox makes /healthz fail, naming it; the other is as it is
+    assert report["status"] == "failing" and report["imap"]["sales"]["status"] == "connected"
+    assert list(report["problems"]) == ["imap.support"] and "login failed" in report["problems"]["imap.support"]
     assert d.proc.poll() is None
     assert dovecot.count("INBOX", user="support") == 1  # untouched: never logged in
     assert d.stop() == 0

@@ -108,8 +108,10 @@ def test_a_revoked_token_is_shown_everywhere_mailed_once_and_a_new_login_resumes
     noticed = time.monotonic() - revoked
     print(f"\nrevoked: /healthz said so {noticed:.1f}s later")
     wait_for(lambda: state(d, "support")["status"] == "login failed", message="the mailbox to wait for a login")
-    report = healthz(d)
-    assert report["status"] == "ok" and report["imap"]["sales"]["oauth"] == "ok"  # the other goes on
+    report = healthz(d)  # 503 naming the mailbox; the other goes on
+    assert report["status"] == "failing" and report["imap"]["sales"]["oauth"] == "ok"
+    assert list(report["problems"]) == ["imap.support"]
+    assert report["problems"]["imap.support"] == "oauth: refresh failed: run `mailgate oauth login support`"
     assert "run `mailgate oauth login support`" in report["imap"]["support"]["last_error"]
     assert "invalid_grant" in report["oauth"]["support"]["last_error"]
     metrics = _metrics(d)
@@ -136,6 +138,7 @@ def test_a_revoked_token_is_shown_everywhere_mailed_once_and_a_new_login_resumes
     assert login.returncode == 0, err
     dovecot.append(make_message(subject="After the new login"), user="support")
     wait_for(lambda: "After the new login" in summaries(cli), timeout=10, message="the mailbox back at once")
+    assert healthz(d)["status"] == "ok"
     assert len(_alerts(path)) == 1
     assert "OAuth2 support: the account works again" in d.output()
     assert d.stop() == 0

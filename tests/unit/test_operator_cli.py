@@ -36,6 +36,17 @@ def test_every_usage_error_exits_64_in_one_line(cli, args):
     assert err.count("\n") == 1 and err.startswith("mailgate: error: ") and "Traceback" not in err
 
 
+def test_a_database_that_cannot_be_used_exits_69_in_one_line(make_config, cli, tmp_path):
+    """SPEC §9: 69 when the database is unavailable — also when the URL names a file that is
+    no database (a traceback before)."""
+    (tmp_path / "not-a.db").write_bytes(b"this is no SQLite database, just a file in the way\n" * 100)
+    config = make_config("nodb.toml", database={"url": f"sqlite:///{tmp_path / 'not-a.db'}"})
+    for args in (["ticket", "list"], ["org", "list"], ["contact", "add", "x@acme.example", "--name", "X", "--org", "A"],
+                 ["inbox", "list"], ["outbox", "list"], ["db", "upgrade"]):
+        code, _, err = cli(*args, config=config)
+        assert code == 69 and err.count("\n") == 1 and "file is not a database" in err, (args, code, err)
+
+
 # --- control characters from mail ----------------------------------------------------------
 
 HOSTILE = "Invoice \x1b]0;pwned\x07\x1b[2J\x1b[31mred\u202egnp.exe\r\nX-Fake: yes"
