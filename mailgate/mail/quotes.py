@@ -34,14 +34,29 @@ WINDOW = 3  # lines a wrapped "On … wrote:" may take
 
 # Words without which no "wrote" line of the library's languages can match (a cheap filter).
 _WROTE_WORDS = re.compile(  # matched on lower-cased lines: faster than re.I
-    r"wrote|schrieb|écrit|escribió|scritto|schreef|napisał|nadesłał|napsal|skrev|写道|작성|年")
+    r"wrote|schrieb|écrit|escribió|scritto|schreef|napisał|nadesłał|napsal|skrev|写道|작성|年|"
+    r"írta|escreveu|пишет|написал|yazdı|kirjoitti|書きました|έγραψε")
+# "wrote" lines of languages mail-parser-reply does not know (Hungarian, Portuguese, Russian,
+# Turkish, Finnish, Greek) and the forms of Chinese and Japanese it misses ("雨州 <…> 在 …
+# 写道：", Thunderbird's "… さんは書きました:"): the word ends the line, after the date and
+# the name, or opens the line below them (wrapped). Each is linear on a window: no pattern
+# backtracks over a line more than once.
+_MORE_WROTE_WORDS = r"(?:ezt írta|escreveu|пишет|написал\(а\)|написал|написала|yazdı|kirjoitti|έγραψε|写道|書きました)"
+_MORE_WROTE = (
+    re.compile(rf"^(?:> ?)*(?=[^\n]{{0,250}}[@\d])[^\n]{{0,250}}?{_MORE_WROTE_WORDS}[^\n]{{0,80}}?[:：][ \t]*$",
+               re.I | re.M),
+    re.compile(rf"^(?:> ?)*(?=[^\n]{{0,250}}[@\d])[^\n]{{1,250}}\n(?:> ?)*{_MORE_WROTE_WORDS}[^\n]{{0,80}}?[:：][ \t]*$",
+               re.I | re.M),
+)
 _FROM_FIELD = (r"From|Von|De|Da|Van|Od|Fra|Från|Expéditeur|Remitente|Mittente|Nadawca|Lähettäjä|От|发件人|"
-               r"寄件者|差出人|보낸\s?사람")
+               r"寄件者|差出人|보낸\s?사람|Feladó|Kimden|Από")
 _OTHER_FIELD = (r"Sent|Date|To|Subject|Cc|Organization|Gesendet|Datum|An|Betreff|Organisation|Envoyé|À|Objet|"
                 r"Enviado|Fecha|Para|Asunto|CC|Organización|Inviato|Data|A|Oggetto|Verzonden|Aan|Onderwerp|"
                 r"Wysłano|Do|Temat|DW|Sendt|Til|Emne|Kopi|Skickat|Till|Ämne|Kopia|Odesláno|Komu|Předmět|Kopie|"
                 r"Lähetetty|Vastaanottaja|Aihe|Отправлено|Кому|Тема|发送时间|收件人|主题|抄送|日期|"
-                r"送信日時|宛先|件名|보낸\s?날짜|받는\s?사람|제목|참조")
+                r"送信日時|宛先|件名|보낸\s?날짜|받는\s?사람|제목|참조|"
+                r"Elküldve|Címzett|Tárgy|Dátum|Gönderildi|Gönderilme|Kime|Konu|Tarih|Enviada em|Assunto|"
+                r"Προς|Θέμα|Ημερομηνία|Στάλθηκε")
 _FIELD_LINE = r"^[>\s]*\*?\s*(?:{names})\s*\*?\s*:"
 _FROM_LINE = re.compile(_FIELD_LINE.format(names=_FROM_FIELD), re.I)
 _OTHER_LINE = re.compile(_FIELD_LINE.format(names=_OTHER_FIELD), re.I)
@@ -242,7 +257,7 @@ def _wrote_header(lines: list[str], i: int) -> int:
 def _wrote_patterns() -> tuple[re.Pattern, ...]:
     """The "wrote" header pattern of every language mail-parser-reply knows."""
     return tuple(re.compile(entry["wrote_header"], re.M | re.I)
-                 for entry in MAIL_LANGUAGES.values() if entry.get("wrote_header"))
+                 for entry in MAIL_LANGUAGES.values() if entry.get("wrote_header")) + _MORE_WROTE
 
 
 # --- signatures ----------------------------------------------------------------------------

@@ -122,6 +122,9 @@ def test_a_revoked_token_is_shown_everywhere_mailed_once_and_a_new_login_resumes
     assert not status["support"]["has_token"] and "invalid_grant" in status["support"]["last_error"]
     assert status["sales"]["has_token"] and status["sales"]["last_error"] is None
     wait_for(lambda: [r.status for r in _alerts(path)] == ["sent"], message="the operator's mail")
+    everywhere = time.monotonic() - revoked
+    print(f"revoked: /healthz, /metrics, oauth status and the operator's mail {everywhere:.1f}s later")
+    assert everywhere < config_module.ImapConfig.poll_seconds  # the bound: within one poll interval
     assert len(log_lines(d, "refused the refresh token")) == 1
     dovecot.append(make_message(subject="For sales"), user="sales")
     wait_for(lambda: summaries(cli) == ["For sales"], message="the other mailbox's ticket")

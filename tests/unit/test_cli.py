@@ -74,7 +74,7 @@ def test_disabled_contact_cannot_open_tickets(acme):
 ])
 def test_bad_input_is_one_line_and_non_zero(acme, args, message):
     code, _, err = acme(*args)
-    assert code != 0
+    assert code == 1, (args, code)  # SPEC §9: 1 for a wrong name, key or address
     lines = err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], err
 

@@ -150,6 +150,18 @@ def test_reply_headers_of_many_languages_end_the_new_text(header):
     "De : Service Desk\nEnvoyé : lundi 3 mars 2025 09:00\nÀ : Alice\nObjet : Test\n\nAncien texte.",
     "---- Service Desk wrote ----\n\nOld text.",
     "-------- Original message --------\nFrom: Service Desk\nDate: 03/03/2025 09:00\nTo: Alice\n\nOld text.",
+    # languages mail-parser-reply does not know, or forms of them it misses (history not quoted)
+    "2025. márc. 3., h 9:00 időpontban Service Desk <support@example.com> ezt írta:\nRégi szöveg.",
+    "Service Desk <support@example.com> ezt írta (időpont: 2025. márc. 3., H 9:00):\nRégi szöveg.",
+    "Service Desk <support@example.com> 在 2025年3月3日 周一 09:00 写道：\n\n旧的文字。",
+    "在 2025年3月3日 09:00, Service Desk <support@example.com>\n写道：\n旧的文字。",
+    "Em seg., 3 de mar. de 2025 às 09:00, Service Desk <support@example.com> escreveu:\n\nTexto antigo.",
+    "03.03.2025 09:00, Service Desk пишет:\nСтарый текст.",
+    "3 Mar 2025 Pzt, 09:00 tarihinde Service Desk <support@example.com> şunu yazdı:\nEski metin.",
+    "ma 3. maalisk. 2025 klo 9.00 Service Desk <support@example.com> kirjoitti:\nVanha teksti.",
+    "2025/03/03 9:00 Service Desk さんは書きました:\n古いテキスト。",
+    "Kimden: Service Desk\nGönderildi: 3 Mart 2025 Pazartesi 09:00\nKime: Alice\nKonu: Test\n\nEski metin.",
+    "Feladó: Service Desk\nElküldve: 2025. március 3. 9:00\nCímzett: Alice\nTárgy: Teszt\n\nRégi szöveg.",
 ])
 def test_unquoted_history_below_a_reply_header_is_cut(history):
     assert quotes.new_text(f"{ANSWER}\n\n{history}\n") == ANSWER

@@ -45,6 +45,9 @@ def test_a_database_that_cannot_be_used_exits_69_in_one_line(make_config, cli, t
                  ["inbox", "list"], ["outbox", "list"], ["db", "upgrade"]):
         code, _, err = cli(*args, config=config)
         assert code == 69 and err.count("\n") == 1 and "file is not a database" in err, (args, code, err)
+    down = make_config("down.toml", database={"url": "postgresql+psycopg://postgres@127.0.0.1:1/mailgate"})
+    code, _, err = cli("ticket", "list", config=down)  # a server that is not there
+    assert code == 69 and err.startswith("mailgate: error: database unavailable: ") and err.count("\n") == 1, err
 
 
 # --- control characters from mail ----------------------------------------------------------
