@@ -74,6 +74,10 @@ PRIORITISED_TYPES = frozenset({"incident", "software_defect", "non_software_defe
 OUTCOMES = (
     "ticket_created", "comment_added", "duplicate", "ignored_auto",
     "rejected_unknown_sender", "rejected_unauthenticated", "rate_limited", "quarantined",
+    # a proven agent's mail (SPEC §11): fields changed without a comment; a reply whose
+    # commands or action were refused, or a forward that opened nothing (nothing applied,
+    # the agent told why)
+    "ticket_changed", "rejected_command", "rejected_forward",
 )
 
 

@@ -11,8 +11,9 @@ the transaction opens: the database's write lock (SQLite has one for the whole f
 for database work only.
 
 `_decide` is the order of things, as a list:
-    parse failure → machine mail (and our own bounces) → sender → authentication
-    → reference → (wait for older mail) → comment, or rate limit → new or follow-up ticket
+    parse failure → machine mail (and our own bounces) → a proven agent's mail (SPEC §11:
+    mailgate.tickets.by_mail) → sender → authentication → reference → (wait for older mail)
+    → comment, or rate limit → new or follow-up ticket
 De-duplication comes first, in `process`, because it is a race between instances that the
 database decides. Each stage that decides says why in the decision's `reasons`.
 
@@ -41,8 +42,8 @@ from mailgate.mail import quotes, refs, subjects
 from mailgate.mail.addresses import is_support_address
 from mailgate.mail.parse import Limits, ParsedMessage, UnparseableMessage, message_id_of, parse
 from mailgate.models import Contact, Inbound, Seen, Ticket, utcnow
-from mailgate.rules import bounce, machine, notice, reference, sender
-from mailgate.tickets import service
+from mailgate.rules import agent as agent_rule, bounce, machine, notice, reference, sender
+from mailgate.tickets import by_mail, service
 from mailgate.tickets.events import Event
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ class _Prepared:
     parsed: ParsedMessage | None
     parse_error: str | None = None
     desk: desks.Desk | None = None  # the desk it came to (SPEC §11)
+    agent: by_mail.AgentMail | None = None  # a proven agent's mail (SPEC §11)
     new_text: str | None = None  # the reply's text without quotes, when it may be a reply
     attachment_digests: list[str] = field(default_factory=list)
 
@@ -208,7 +210,8 @@ class Pipeline:
         prepared.desk = self.desks.of_message(envelope.recipients, [*parsed.to, *parsed.cc] if parsed else [])
         if parsed is None:
             return prepared
-        if reference.may_answer_a_ticket(parsed, self.desks.prefixes):
+        prepared.agent = by_mail.prepare(self.app, parsed, envelope.recipients)
+        if prepared.agent is None and reference.may_answer_a_ticket(parsed, self.desks.prefixes):
             prepared.new_text = quotes.new_text(parsed.text, parsed.subject)
         prepared.attachment_digests = [self.blobs.put(a.data) for a in parsed.attachments]
         return prepared
@@ -228,6 +231,11 @@ class Pipeline:
             note = f"; bounce of outbound {', '.join(map(str, bounced))}" if bounced else ""
             _say(reasons, f"machine mail: {why}{note}")
             return _Decision("ignored_auto", error=f"machine mail: {why}{note}")
+        if prepared.agent is not None:
+            return self._agent_mail(session, inbound, prepared, wait_for_older, reasons)
+        if reasons is not None and (claimed := agent_rule.claimed(cfg, parsed)):
+            _say(reasons, f"the From is agent {claimed.name}'s address, but neither the signed reply address nor "
+                          f"a DMARC or aligned DKIM pass proves it: a customer's mail like any other")
         contact = sender.active_contact(session, parsed.from_address)
         if contact is None:
             _say(reasons, f"the sender {parsed.from_address or '(no From address)'} is not an active contact")
@@ -256,6 +264,25 @@ class Pipeline:
             return _Decision("rate_limited", error="too many new tickets from this sender in the last hour")
         _say(reasons, f"{ticket.key} is closed (final): a follow-up ticket" if ticket else "a new ticket")
         return self._new_ticket(session, inbound, prepared, contact, now, follow_up_of=ticket)
+
+    def _agent_mail(self, session, inbound, prepared: _Prepared, wait_for_older, reasons) -> _Decision:
+        """A proven agent's mail: a reply to the ticket it refers to (mailgate.tickets.by_mail)."""
+        mail, parsed = prepared.agent, prepared.parsed
+        _say(reasons, f"agent {mail.proof.agent.name}'s mail, proven: {mail.proof.how}")
+        ticket = reference.first_referenced(session, self.app.signer, self.desks.prefixes, parsed)
+        if ticket is None and (parsed.in_reply_to or parsed.references) and wait_for_older and wait_for_older():
+            raise Deferred()
+        if ticket is None:
+            decided = by_mail.refused("rejected_forward", "it refers to no ticket: no key in the subject and no "
+                                      "reference to a ticket's mail", mail, parsed, prepared.desk)
+        elif (original := self._claim_for_ticket(session, inbound, ticket)) is not None:
+            _say(reasons, f"a copy of inbound message {original.id}, already applied to {ticket.key} (sent to two desks)")
+            return _Decision("duplicate", ticket=ticket)
+        else:
+            decided = by_mail.reply(session, mail, parsed, ticket, utcnow(), inbound.id,
+                                    (parsed.attachments, prepared.attachment_digests), prepared.desk)
+        _say(reasons, decided.reason)
+        return _Decision(decided.outcome, decided.ticket, decided.comment_id, decided.events, decided.error)
 
     def _comment(self, session, inbound, prepared: _Prepared, contact, ticket, now, reasons=None) -> _Decision:
         parsed = prepared.parsed
@@ -380,7 +407,7 @@ def _try_parse(raw: bytes, limits: Limits) -> tuple[ParsedMessage | None, str | 
 def _reprocessable(inbound: Inbound | None, inbound_id: int) -> Inbound:
     if inbound is None:
         raise LookupError(f"no inbound message {inbound_id}")
-    if inbound.outcome in ("ticket_created", "comment_added", "duplicate"):
+    if inbound.outcome in ("ticket_created", "comment_added", "ticket_changed", "duplicate"):
         raise ValueError(f"inbound message {inbound_id} is {inbound.outcome}; nothing to reprocess")
     return inbound
 

@@ -6,6 +6,7 @@
                    the rate limit?
     notice.py      may an unknown sender be told how to get access?        §4.4
     reference.py   which ticket does it answer, and may the sender see it?  §4.5–4.6
+    agent.py       is it a proven agent's mail?                             §11
 
 `mailgate.core.pipeline` asks them in order; none of them writes anything but bounce.py
 (which marks our own outbound rows bounced).

@@ -27,6 +27,13 @@ def referenced_ticket(session: Session, signer: Signer, key_prefixes: tuple[str,
     return None
 
 
+def first_referenced(session: Session, signer: Signer, key_prefixes: tuple[str, ...],
+                     parsed: ParsedMessage) -> Ticket | None:
+    """The first referenced ticket that exists, whoever may see it (an agent's mail: the
+    agent's region decides, mailgate.tickets.by_mail)."""
+    return next(_references(session, signer, key_prefixes, parsed), None)
+
+
 def may_answer_a_ticket(parsed: ParsedMessage, key_prefixes: tuple[str, ...]) -> bool:
     """Whether PARSED names a ticket at all (a key or a thread reference): only such a message
     can become a comment, so only its quoted history is worth stripping."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 EVENTS = (
     "ticket_created", "comment_added", "status_changed", "type_changed",
     "priority_changed", "reminder", "unknown_sender_notice",
+    "agent_notice",  # a proven agent's mail that could not be applied: why (SPEC §11)
 )
 
 
