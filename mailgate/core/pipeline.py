@@ -210,7 +210,7 @@ class Pipeline:
         prepared.desk = self.desks.of_message(envelope.recipients, [*parsed.to, *parsed.cc] if parsed else [])
         if parsed is None:
             return prepared
-        prepared.agent = by_mail.prepare(self.app, parsed, envelope.recipients)
+        prepared.agent = by_mail.prepare(self.app, parsed, envelope.recipients, self.limits, self.blobs)
         if prepared.agent is None and reference.may_answer_a_ticket(parsed, self.desks.prefixes):
             prepared.new_text = quotes.new_text(parsed.text, parsed.subject)
         prepared.attachment_digests = [self.blobs.put(a.data) for a in parsed.attachments]
@@ -266,15 +266,16 @@ class Pipeline:
         return self._new_ticket(session, inbound, prepared, contact, now, follow_up_of=ticket)
 
     def _agent_mail(self, session, inbound, prepared: _Prepared, wait_for_older, reasons) -> _Decision:
-        """A proven agent's mail: a reply to the ticket it refers to (mailgate.tickets.by_mail)."""
+        """A proven agent's mail: a reply to the ticket it refers to, else a forward on behalf of
+        a customer (mailgate.tickets.by_mail)."""
         mail, parsed = prepared.agent, prepared.parsed
         _say(reasons, f"agent {mail.proof.agent.name}'s mail, proven: {mail.proof.how}")
         ticket = reference.first_referenced(session, self.app.signer, self.desks.prefixes, parsed)
         if ticket is None and (parsed.in_reply_to or parsed.references) and wait_for_older and wait_for_older():
             raise Deferred()
         if ticket is None:
-            decided = by_mail.refused("rejected_forward", "it refers to no ticket: no key in the subject and no "
-                                      "reference to a ticket's mail", mail, parsed, prepared.desk)
+            decided = by_mail.forward(session, mail, parsed, utcnow(), inbound.id,
+                                      (parsed.attachments, prepared.attachment_digests), prepared.desk, self.desks.prefixes)
         elif (original := self._claim_for_ticket(session, inbound, ticket)) is not None:
             _say(reasons, f"a copy of inbound message {original.id}, already applied to {ticket.key} (sent to two desks)")
             return _Decision("duplicate", ticket=ticket)
