@@ -8,6 +8,7 @@ fixtures/emails/forward/ (the agents' proof: a DMARC pass from the trusted MTA).
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import pytest
@@ -17,9 +18,12 @@ from mailgate import config as config_module
 from mailgate.app import App
 from mailgate.ingest import pipe
 from mailgate.mail import forwards
+from mailgate.mail.parse import Limits, parse
 from mailgate.models import Attachment, Comment, Contact, Outbound, Subscription, Ticket
-from tests import world
+from mailgate.tickets import by_mail
+from tests import hostile, world
 from tests.support import REPO, SUPPORT
+from tests.unit.test_hostile import MEMORY_FACTOR, MEMORY_FLOOR, REFUSED, SECONDS, SIZES, _measured
 
 FORWARDS = REPO / "fixtures" / "emails" / "forward"
 SAM = "sam@corp.example"
@@ -128,14 +132,40 @@ def test_the_sender_is_read_as_clients_write_it():
         assert (found.sender_name, found.sender_address) == expected, value
 
 
-@pytest.mark.parametrize("hostile", [
+@pytest.mark.parametrize("text", [
     "From: " + "a<" * 500_000,  # what took email-forward-parser seconds at 8 KB
     ("---------- Forwarded message ---------\n" + "From: x\n" * 11 + "\n") * 5_000,
     "---------- Forwarded message ---------\nFrom: " + "a" * 1_000_000 + "\n\nbody",
     "Begin forwarded message:\n" + "> " * 400_000,
     "\n" * 2_000_000,
 ])
-def test_finding_a_forward_is_bounded_whatever_the_text(hostile):
+def test_finding_a_forward_is_bounded_whatever_the_text(text):
     started = time.process_time()
-    forwards.inline(hostile)
+    forwards.inline(text)
     assert time.process_time() - started < 1.0
+
+
+
+class _Digests:
+    """A blob store that only computes digests (nothing is written)."""
+
+    @staticmethod
+    def put(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("shape", sorted(set(hostile.SHAPES) - REFUSED))
+def test_hostile_mail_as_a_proven_agents_is_read_within_its_budget(shape):
+    """Every hostile shape of tests/hostile.py, sent by a proven agent: the agent's path (the
+    commands, the quote cut, looking for a forward inline and attached) within the budgets of
+    tests/unit/test_hostile.py."""
+    app = App(config_module.from_dict({"agents": AGENTS, "policy": {"trusted_authserv_id": "mx.example.com"},
+                                       "security": {"secret": "s" * 32}}))
+    raw = hostile.SHAPES[shape](SIZES[shape]).replace(
+        b"From: Alice Adams <alice@acme.example>\r\n", b"From: Sam Agent <sam@corp.example>\r\n"
+        b"Authentication-Results: mx.example.com; dmarc=pass header.from=corp.example\r\n", 1)
+    parsed = parse(raw)
+    mail, seconds, peak = _measured(lambda: by_mail.prepare(app, parsed, [], Limits(), _Digests()))
+    assert mail is not None and mail.proof.agent.name == "sam", shape
+    assert seconds < SECONDS, f"{shape}: {seconds:.2f} s"
+    assert peak < max(MEMORY_FLOOR, MEMORY_FACTOR * len(raw)), f"{shape}: {peak / 1e6:.1f} MB"
