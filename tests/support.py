@@ -85,6 +85,10 @@ def write_config(path: Path, state_dir: Path, database_url: str, sections: dict)
         "tickets": {"key_prefix": "SD", "support_addresses": [SUPPORT]},
         "security": {"secret": SECRET},
         "logging": {"level": "INFO"},
+        # Processing in the daemon: a worker process costs each started daemon a second of CPU
+        # and two of wall time. The tests of what worker processes are for (the budget, deaths,
+        # supervision, more cores) and of the embedded defaults ask for them.
+        "processing": {"processes": 0},
     }
     for name, values in sections.items():
         if isinstance(values, list):

@@ -22,7 +22,8 @@ from tests.support import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.one_database]
 
-BUDGET = {"processing": {"budget_seconds": 1.0}}
+ONE_WORKER = {"processes": 1}  # the default of a real config; the budget is held in worker processes
+BUDGET = {"processing": {**ONE_WORKER, "budget_seconds": 1.0}}
 
 
 def _failpoints(*items: str) -> dict:
@@ -61,7 +62,7 @@ def test_a_message_that_hangs_its_worker_is_quarantined_and_the_next_mail_goes_t
 
 def test_a_message_that_eats_memory_is_quarantined_at_once(make_config, daemon, cli):
     add_customer(cli)
-    d = daemon(make_config(), env=_failpoints("parse=hog:HOGS"))
+    d = daemon(make_config(processing=ONE_WORKER), env=_failpoints("parse=hog:HOGS"))
     worker = _one_worker(d)
     assert send(d.smtp_port, make_message(subject="HOGS", message_id="<hogs@acme.example>")) == {}
     record = wait_for(lambda: _inbound(cli, "<hogs@acme.example>"), timeout=20, message="the hog recorded")
@@ -102,7 +103,7 @@ def test_workers_run_the_installed_package_not_one_in_the_current_directory(make
         init.write_text("raise SystemExit('imported mailgate from the current directory')\n")
     (trap / "mailgate" / "serve" / "workers.py").write_text("raise SystemExit('the wrong workers')\n")
     entry = Path(sys.executable).parent / "mailgate"  # the console script: no cwd on sys.path
-    proc = subprocess.Popen([str(entry), "--config", str(make_config()), "serve"], cwd=trap,
+    proc = subprocess.Popen([str(entry), "--config", str(make_config(processing=ONE_WORKER)), "serve"], cwd=trap,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_for_port(proc)
@@ -132,7 +133,7 @@ def test_a_stuck_worker_ends_with_the_daemon(make_config, daemon, cli):
     still ends the daemon within its bounds with no child left; SIGKILL of the daemon ends it
     too (it dies with its parent)."""
     add_customer(cli)
-    config = make_config(processing={"budget_seconds": 600.0})
+    config = make_config(processing={**ONE_WORKER, "budget_seconds": 600.0})
     for stop in ("term", "kill"):
         d = daemon(config, env=_failpoints("parse=hang:STUCK"))
         worker = _one_worker(d)

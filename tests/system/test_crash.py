@@ -22,6 +22,7 @@ KILL_AFTER_COMMIT = {"MAILGATE_FAILPOINTS": "after_commit=kill"}
 POISON = {"MAILGATE_FAILPOINTS": "pipeline=raise:POISON"}
 # The failpoints that kill "the process" kill the daemon itself only when it processes in-house.
 IN_DAEMON = {"processing": {"processes": 0}}
+ONE_WORKER = {"processing": {"processes": 1}}  # a real config's default: deliver works in a child under the budget
 EMPTY = {"tmp": [], "new": [], "cur": []}
 
 
@@ -155,20 +156,22 @@ def _deliver_killed_while(cli_process_args, state, env, condition, message):
                             env={**os.environ, **env})
     proc.stdin.write(message)
     proc.stdin.close()
-    child = wait_for(lambda: (kids := children_of(proc.pid)) and kids[0], message="deliver's processing child")
-    wait_for(condition, message="the child at work")
-    proc.kill()
-    proc.wait()
+    try:
+        child = wait_for(lambda: (kids := children_of(proc.pid)) and kids[0], message="deliver's processing child")
+        wait_for(condition, message="the child at work")
+    finally:  # also when the test fails: a deliver stuck in a failpoint would spin for ever
+        proc.kill()
+        proc.wait()
     wait_for(lambda: not alive(child), message="the child to die with deliver")
     files = spool_files(state)
     assert len(files["cur"]) == 1 and files["new"] == []
 
 
-def test_message_left_by_a_killed_deliver_is_recovered_once(daemon, cli, config_path, tmp_path):
+def test_message_left_by_a_killed_deliver_is_recovered_once(daemon, cli, make_config, tmp_path):
     add_customer(cli)
     state = tmp_path / "state"
     hang = {"MAILGATE_FAILPOINTS": "parse=hang"}
-    args = [sys.executable, "-m", "mailgate", "--config", str(config_path), "deliver",
+    args = [sys.executable, "-m", "mailgate", "--config", str(make_config("one-worker.toml", **ONE_WORKER)), "deliver",
             "--sender", "alice@acme.example", "--recipient", SUPPORT]
     _deliver_killed_while(args, state, hang, lambda: len(spool_files(state)["cur"]) == 1,
                           make_message(subject="Piped, then killed"))
@@ -182,13 +185,13 @@ def test_message_left_by_a_killed_deliver_is_recovered_once(daemon, cli, config_
     assert len(inbox(cli)) == 1 and [t["summary"] for t in tickets(cli)] == ["Piped, then killed"]
 
 
-def test_deliver_killed_after_commit_then_retried_by_the_mta(daemon, cli, cli_process, config_path, tmp_path):
+def test_deliver_killed_after_commit_then_retried_by_the_mta(daemon, cli, cli_process, make_config, tmp_path):
     """The MTA saw no exit 0, so it delivers again: a duplicate naming the ticket; the copy the
     killed process left in the spool is recognised as done (by spool id), not processed again."""
     add_customer(cli)
     state = tmp_path / "state"
     raw = make_message(subject="Committed by pipe", message_id="<pipe-once@acme.example>")
-    args = [sys.executable, "-m", "mailgate", "--config", str(config_path), "deliver",
+    args = [sys.executable, "-m", "mailgate", "--config", str(make_config("one-worker.toml", **ONE_WORKER)), "deliver",
             "--sender", "alice@acme.example", "--recipient", SUPPORT]
     _deliver_killed_while(args, state, {"MAILGATE_FAILPOINTS": "after_commit=hang"}, lambda: inbox(cli), raw)
 
