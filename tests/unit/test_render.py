@@ -239,6 +239,26 @@ def test_override_directory_replaces_one_template(make_config, tmp_path, caplog)
         app.db.dispose()
 
 
+def test_an_edited_override_is_used_after_a_reload(make_config, tmp_path):
+    """Compiled templates are shared by the process's Environments (notify.render): what an
+    operator edited must still be compiled anew at the reload, not served from that cache."""
+    overrides = tmp_path / "my-templates"
+    (overrides / "en").mkdir(parents=True)
+    template = overrides / "en" / "ticket_created.txt"
+    template.write_text("First: {{ ticket.key }}\n")
+    app = _app(make_config, "edited.toml", outbound={"templates_dir": str(overrides)})
+    try:
+        app.renderer.warm_up()
+        _mail(app, message_id="<before@acme.example>")
+        template.write_text("Second: {{ ticket.key }}\n")
+        app.renderer.reload()
+        _mail(app, subject="Another", message_id="<after@acme.example>")
+        texts = [_parts(_parse(row))[0].strip() for row in _rows(app, recipient="alice@acme.example")]
+        assert texts == ["First: SD-1", "Second: SD-2"]
+    finally:
+        app.db.dispose()
+
+
 def test_unknown_sender_notice_in_both_languages(app):
     pipe.deliver(app, make_message(sender="Stranger <stranger@else.example>"), "stranger@else.example", SUPPORT)
     row, = _rows(app)
