@@ -92,6 +92,7 @@ def write_config(workdir: Path, database_url: str, *, smtp_port: int = 0, max_me
     smtp = {"host": "127.0.0.1", "port": smtp_port, "hostname": "mailgate.bench.example"}
     if max_message_size:
         smtp["max_message_size"] = max_message_size
+        smtp["max_bytes_in_flight"] = max(max_message_size, 50 * 1024 * 1024)  # at least one message
     data = {
         "database": {"url": database_url},
         "storage": {"state_dir": str(workdir / "state")},

@@ -119,7 +119,8 @@ def main(argv=None) -> int:
             big = None
             if big_mail:
                 time.sleep(3)
-                reset = common.reset_peak_rss(serve.pid)
+                # the daemon's and its worker processes' peaks alike
+                reset = all([common.reset_peak_rss(pid) for pid in [serve.pid, *common.children(serve.pid)]])
                 rss_before = serve.status("VmRSS")
                 before_count = processed()
                 log(f"sending one {len(big_mail.raw) / 1e6:.1f} MB message ({args.big_mb} MB attachment); RSS {mb(rss_before):.1f} MB")

@@ -327,8 +327,10 @@ class UnreadableSpoolFile(ValueError):
 
 def _read(f) -> tuple[Envelope, bytes]:
     f.seek(0)
-    data = f.read()
-    head, _, raw = data.partition(b"\n")
+    head = f.readline()
+    # Read at once into a buffer of its size: read() of all, or the file sliced, would hold a
+    # big message twice for a moment.
+    raw = f.read(max(os.fstat(f.fileno()).st_size - f.tell(), 0))
     try:
         fields = json.loads(head)
         envelope = Envelope(**fields)

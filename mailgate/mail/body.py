@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 
 from mailgate.mail import charsets, headers, htmltext, tnef
-from mailgate.mail.mime import Tree
+from mailgate.mail.mime import Leaf, Tree
 
 log = logging.getLogger(__name__)
 
@@ -172,14 +172,20 @@ def _text(walk: _Walk, part: Message, count: bool = True) -> str:
 
 def _decoded(walk: _Walk, part: Message, count: bool = True) -> bytes:
     """PART's payload, transfer-decoded, once the budget allows what it will decode to."""
-    payload = part.get_payload()
-    walk.decoded += len(payload) if isinstance(payload, str) and count else 0
+    walk.decoded += _encoded_size(part) if count else 0
     if walk.decoded > walk.max_decoded_bytes:
         raise BodyLimit(f"limit: more than {walk.max_decoded_bytes} bytes of attachments")
     try:
-        return part.get_payload(decode=True) or b""
+        return part.transfer_decoded() if isinstance(part, Leaf) else part.get_payload(decode=True) or b""
     except Exception:  # a transfer encoding the email package cannot undo: the raw text
-        return str(payload).encode("ascii", "surrogateescape")
+        return str(part.get_payload()).encode("ascii", "surrogateescape")
+
+
+def _encoded_size(part: Message) -> int:
+    if isinstance(part, Leaf):
+        return part.encoded_size()
+    payload = part.get_payload()
+    return len(payload) if isinstance(payload, str) else 0
 
 
 # --- attachments ---------------------------------------------------------------------------

@@ -70,7 +70,7 @@ class _Builder:
         head, body_start = _header_block(data, start, end)
         if len(head) > self.limits.max_part_header_bytes:
             raise StructureLimit(f"limit: a header block of {len(head)} bytes (at most {self.limits.max_part_header_bytes})")
-        msg = BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
+        msg = BytesHeaderParser(_class=Leaf, policy=email.policy.compat32).parsebytes(head)
         if unixfrom is not None:
             msg.set_unixfrom(data[unixfrom[0]:unixfrom[1]].decode("ascii", "surrogateescape").rstrip("\r\n"))
         kind = msg.get_content_type()
@@ -80,7 +80,7 @@ class _Builder:
         if kind in _ATTACHED_MESSAGES:
             self._attached(msg, data, body_start, end, depth)
             return msg
-        msg.set_payload(_text(data, body_start, end))
+        msg.keep_span(data, body_start, end)  # its text is made only when someone reads it
         return msg
 
     def _count(self, depth: int) -> None:
@@ -117,6 +117,55 @@ class _Builder:
         original = _transfer_decoded(msg, data[start:end])
         self.tree.originals[id(msg)] = original
         msg.set_payload([self.entity(0, len(original), depth + 1, original)])
+
+
+class Leaf(Message):
+    """A part as the standard parser makes it, whose body stays a span of the raw bytes until
+    it is read as text (`get_payload`): an attachment is decoded straight from the raw bytes
+    (`transfer_decoded`), so a 25 MB attachment is never also held as 34 MB of text."""
+
+    span: tuple[bytes, int, int] | None = None
+
+    def keep_span(self, data: bytes, start: int, end: int) -> None:
+        self._payload, self.span = None, (data, start, end)
+
+    def get_payload(self, i=None, decode=False):
+        if self.span is not None and self._payload is None:
+            self._payload = _text(*self.span)
+        return super().get_payload(i, decode)
+
+    def set_payload(self, payload, charset=None):
+        self.span = None
+        super().set_payload(payload, charset)
+
+    def encoded_size(self) -> int:
+        """The length of the body as it stands in the message (what `get_payload` gives)."""
+        if self.span is not None and self._payload is None:
+            return self.span[2] - self.span[1]
+        payload = self._payload
+        return len(payload) if isinstance(payload, str) else 0
+
+    def transfer_decoded(self) -> bytes:
+        """The body with its transfer encoding undone, as `get_payload(decode=True)` gives it,
+        decoded from the raw bytes without a copy when it has not been read as text."""
+        if self.span is None or self._payload is not None:
+            return self.get_payload(decode=True) or b""
+        data, start, end = self.span
+        view = memoryview(data)[start:end]
+        encoding = str(self.get("content-transfer-encoding", "")).strip().lower()
+        try:
+            if encoding == "base64":
+                return binascii.a2b_base64(view)
+            if encoding == "quoted-printable":
+                return binascii.a2b_qp(view)
+        except (binascii.Error, ValueError):  # the email package's lenient ways, and their defects
+            return self.get_payload(decode=True) or b""
+        if encoding in _UUENCODED:
+            return self.get_payload(decode=True) or b""
+        return bytes(view)
+
+
+_UUENCODED = ("x-uuencode", "uuencode", "uue", "x-uue")
 
 
 def _line(data: bytes, start: int, end: int) -> tuple[tuple[int, int], int]:
