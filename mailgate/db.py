@@ -139,6 +139,15 @@ def insert_if_absent(session: Session, model, **values) -> bool:
     return session.execute(statement).first() is not None
 
 
+def insert_many_if_absent(session: Session, model, rows: list[dict]) -> None:
+    """INSERT ROWS of MODEL in one statement, skipping those whose primary key exists (ON
+    CONFLICT DO NOTHING), with SQLAlchemy Core: nothing is read back."""
+    if not rows:
+        return
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.connection().execute(insert(model.__table__).on_conflict_do_nothing(), rows)
+
+
 async def run_blocking(func: Callable[..., T], *args, **kwargs) -> T:
     """Run blocking work (database, fsync, parsing) in a worker thread."""
     return await asyncio.to_thread(functools.partial(func, *args, **kwargs))

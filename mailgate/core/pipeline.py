@@ -95,6 +95,9 @@ class _Decision:
     comment_id: int | None = None
     events: list[Event] = field(default_factory=list)
     error: str | None = None
+    # The sender's contact, held until the notifications are written: the session's identity
+    # map holds objects weakly, and they look the contact up (a query each once it is gone).
+    actor: Contact | None = None
 
 
 class _Digests:
@@ -302,7 +305,7 @@ class Pipeline:
             f"; the status goes from {e.old} to {e.new}" for e in feedback if e.kind == "status_changed"))
         events += feedback
         service.add_to_thread(session, ticket, parsed.message_id)
-        return _Decision("comment_added", ticket=ticket, comment_id=comment.id, events=events)
+        return _Decision("comment_added", ticket=ticket, comment_id=comment.id, events=events, actor=contact)
 
     def _new_ticket(self, session, inbound, prepared: _Prepared, contact, now, follow_up_of=None) -> _Decision:
         parsed = prepared.parsed
@@ -316,7 +319,7 @@ class Pipeline:
         for participant in self._participants(session, parsed, contact):
             service.add_participant(session, ticket, participant)
         service.add_to_thread(session, ticket, parsed.message_id)
-        return _Decision("ticket_created", ticket=ticket, events=events)
+        return _Decision("ticket_created", ticket=ticket, events=events, actor=contact)
 
     def _claim_for_ticket(self, session: Session, inbound: Inbound, ticket: Ticket) -> Inbound | None:
         """With several desks one message may come once per desk (SPEC §11): only the first

@@ -20,16 +20,16 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from mailgate.models import Outbound, Ticket, utcnow
+from mailgate.models import Ticket, utcnow
 from mailgate.notify import agents, compose, notices
 from mailgate.notify.recipients import recipients
 from mailgate.outbound import enqueue
 
 
-def queue(session: Session, app, events) -> list[Outbound]:
+def queue(session: Session, app, events) -> list[enqueue.Queued]:
     """Write the outbound messages EVENTS cause; returns them."""
     now = utcnow()
-    rows: list[Outbound] = []
+    rows: list[enqueue.Queued] = []
     for event in events:
         if event.kind == "unknown_sender_notice":
             rows += notices.queue(session, app, event, now)
@@ -42,7 +42,7 @@ def queue(session: Session, app, events) -> list[Outbound]:
     return rows
 
 
-def _ticket_event(session: Session, app, event, now) -> list[Outbound]:
+def _ticket_event(session: Session, app, event, now) -> list[enqueue.Queued]:
     ticket = session.get(Ticket, event.ticket_id)
     if ticket is None:
         return []

@@ -21,7 +21,7 @@ from sqlmodel import Session
 
 from mailgate import desks
 from mailgate.config import AgentConfig
-from mailgate.models import PRIORITIES, STATUSES, TYPES, Comment, Outbound, Ticket
+from mailgate.models import PRIORITIES, STATUSES, TYPES, Comment, Ticket
 from mailgate.notify import reply_address
 from mailgate.notify.render import Headers, Rendered
 from mailgate.outbound import enqueue
@@ -83,7 +83,7 @@ def _reply_context(desk: desks.Desk) -> dict:
 # --- why an agent's mail was not applied --------------------------------------------------------
 
 
-def queue_notice(session: Session, app, event: Event, now: datetime) -> list[Outbound]:
+def queue_notice(session: Session, app, event: Event, now: datetime) -> list[enqueue.Queued]:
     """`agent_notice`: tell the proven agent `event.data["agent"]` why their mail (subject,
     Message-ID in `data`) was not applied (`data["why"]`), from the desk it went to."""
     agent = next((a for a in app.config.agents if a.name == event.data["agent"] and a.email), None)

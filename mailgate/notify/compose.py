@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from mailgate import desks
@@ -21,6 +22,17 @@ from mailgate.notify.recipients import Recipient
 from mailgate.notify.render import Headers, Rendered
 
 MAX_TEXT = 20000  # characters of a description or comment quoted in a mail
+
+# Column lookups in SQLAlchemy Core: nothing here needs an ORM object (issue 16).
+_INBOUND, _OUTBOUND, _COMMENT = Inbound.__table__, Outbound.__table__, Comment.__table__
+_FIRST_INBOUND = (sa.select(_INBOUND.c.message_id)
+                  .where(_INBOUND.c.ticket_id == sa.bindparam("ticket"), _INBOUND.c.message_id.is_not(None))
+                  .order_by(_INBOUND.c.id).limit(1))
+_PREVIOUS = (sa.select(_OUTBOUND.c.recipient, _OUTBOUND.c.message_id)
+             .where(_OUTBOUND.c.ticket_id == sa.bindparam("ticket")).order_by(_OUTBOUND.c.id.desc()))
+_ORGANISATION_NAME = sa.select(Organisation.__table__.c.name).where(Organisation.__table__.c.id == sa.bindparam("org"))
+_COMMENT_OF = (sa.select(_COMMENT.c.body, _COMMENT.c.author_contact_id, _COMMENT.c.author_agent)
+               .where(_COMMENT.c.id == sa.bindparam("comment")))
 
 
 class EventMail:
@@ -38,10 +50,7 @@ class EventMail:
         the recipients of one event are distinct, so it does not change while rendering it)."""
         if self._previous is None:
             self._previous = {}
-            for address, message_id in self.session.exec(
-                select(Outbound.recipient, Outbound.message_id).where(Outbound.ticket_id == self.ticket.id)
-                .order_by(Outbound.id.desc())
-            ):
+            for address, message_id in self.session.connection().execute(_PREVIOUS, {"ticket": self.ticket.id}):
                 self._previous.setdefault(address, message_id)
         return self._previous.get(recipient)
 
@@ -73,7 +82,7 @@ def _event_context(session: Session, app, ticket: Ticket, event: Event, desk: de
             "priority": ticket.priority, "description": _clip(ticket.description),
             "creator": creator.name if creator else "", "creator_email": creator.email if creator else "",
             "confidential": ticket.confidential,
-            "organisation": session.get(Organisation, ticket.organisation_id).name,
+            "organisation": session.connection().execute(_ORGANISATION_NAME, {"org": ticket.organisation_id}).scalar(),
             "follow_up_of": {"key": origin.key, "summary": origin.summary} if origin else None,
         },
         "event": {"kind": event.kind, "old": event.old, "new": event.new, "data": event.data},
@@ -114,7 +123,7 @@ def _question(session: Session, ticket: Ticket) -> dict | None:
 
 
 def _comment(session: Session, comment_id: int | None) -> dict | None:
-    comment = session.get(Comment, comment_id) if comment_id else None
+    comment = session.connection().execute(_COMMENT_OF, {"comment": comment_id}).first() if comment_id else None
     if comment is None:
         return None
     author = session.get(Contact, comment.author_contact_id) if comment.author_contact_id else None
@@ -123,10 +132,8 @@ def _comment(session: Session, comment_id: int | None) -> dict | None:
 
 
 def _first_inbound_id(session: Session, ticket: Ticket) -> str | None:
-    return session.exec(
-        select(Inbound.message_id).where(Inbound.ticket_id == ticket.id, Inbound.message_id.is_not(None))
-        .order_by(Inbound.id).limit(1)
-    ).first()
+    session.flush()  # the inbound record of this very message may be the first
+    return session.connection().execute(_FIRST_INBOUND, {"ticket": ticket.id}).scalar()
 
 
 def _link(app, ticket: Ticket, contact: Contact) -> str | None:

@@ -25,7 +25,7 @@ from mailgate import desks
 from mailgate.db import insert_if_absent
 from mailgate.tickets.events import Event
 from mailgate.mail.addresses import is_support_address
-from mailgate.models import Outbound, SenderNotice
+from mailgate.models import SenderNotice
 from mailgate.outbound import enqueue
 from mailgate.notify.render import NOTICE_LANGUAGES, NOTICE_SUBJECT, Headers, is_mailable_address
 
@@ -36,7 +36,7 @@ _LOCK_KEY = 0x6D67_6E6F  # "mgno": the advisory lock of the hourly count on Post
 _cap_logged_at = 0.0  # when this process last logged that the hourly cap was reached
 
 
-def queue(session: Session, app, event: Event, now: datetime) -> list[Outbound]:
+def queue(session: Session, app, event: Event, now: datetime) -> list[enqueue.Queued]:
     address = (event.data.get("address") or "").strip().lower()
     if not is_mailable_address(address) or is_support_address(address, app.config.support_addresses):
         return []

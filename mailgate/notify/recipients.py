@@ -7,16 +7,28 @@
 - internal comments reach nobody.
 
 Each recipient comes with the reason they are told, which the mail's footer names.
+
+The lookups read columns with SQLAlchemy Core, not ORM objects (a notification is written
+for each message processed: issue 16); a contact other than the creator is a row with the
+Contact's attribute names.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlmodel import Session, select
+import sqlalchemy as sa
+from sqlmodel import Session
 
 from mailgate.tickets.events import Event
 from mailgate.models import Comment, Contact, Subscription, Ticket
+
+_CONTACT = Contact.__table__
+_MEMBERS = (sa.select(_CONTACT).where(_CONTACT.c.organisation_id == sa.bindparam("org"),
+                                      _CONTACT.c.id != sa.bindparam("creator")).order_by(_CONTACT.c.id))
+_CHOICES = sa.select(Subscription.__table__.c.contact_id, Subscription.__table__.c.notify).where(
+    Subscription.__table__.c.ticket_id == sa.bindparam("ticket"))
+_INTERNAL = sa.select(Comment.__table__.c.internal).where(Comment.__table__.c.id == sa.bindparam("comment"))
 
 CREATOR, MEMBER, SUBSCRIBED = "creator", "member", "subscribed"
 
@@ -72,22 +84,21 @@ def _candidates(session: Session, ticket: Ticket) -> list[Contact]:
     creator = session.get(Contact, ticket.creator_id)
     members = []
     if ticket.shared:
-        members = session.exec(
-            select(Contact)
-            .where(Contact.organisation_id == ticket.organisation_id, Contact.id != ticket.creator_id)
-            .order_by(Contact.id)
-        ).all()
+        members = session.connection().execute(
+            _MEMBERS, {"org": ticket.organisation_id, "creator": ticket.creator_id}).all()
     return [c for c in [creator, *members] if c is not None]
 
 
 def _choices(session: Session, ticket: Ticket) -> dict[int, Subscription]:
-    rows = session.exec(select(Subscription).where(Subscription.ticket_id == ticket.id))
-    return {s.contact_id: s for s in rows}
+    """Each explicit choice (a row with `notify`) by contact id."""
+    session.flush()  # a participant added in this transaction has a choice too
+    return {row.contact_id: row for row in session.connection().execute(_CHOICES, {"ticket": ticket.id})}
 
 
 def _is_internal_comment(session: Session, event: Event) -> bool:
     # tickets.service emits no event for internal notes; this is the second lock on that door.
     if event.kind != "comment_added" or event.comment_id is None:
         return False
-    comment = session.get(Comment, event.comment_id)
-    return comment is None or comment.internal
+    session.flush()
+    internal = session.connection().execute(_INTERNAL, {"comment": event.comment_id}).scalar()
+    return internal is None or internal

@@ -21,14 +21,17 @@ mail to an agent (SPEC §11: an agent who answers many tickets by mail is workin
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+import sqlalchemy as sa
 from sqlmodel import Session, func, select
 
-from mailgate.models import Contact, Inbound, Outbound, Ticket, aware
+from mailgate.db import insert_many_if_absent
+from mailgate.mail import refs
+from mailgate.models import Contact, Inbound, Outbound, ThreadMessage, Ticket, aware
 from mailgate.outbound import verp
-from mailgate.tickets import service
 
 if TYPE_CHECKING:
     from mailgate.notify.render import Rendered
@@ -37,38 +40,55 @@ log = logging.getLogger("mailgate.notify")
 
 WINDOW = timedelta(hours=1)
 HELD_BACK = "held back by the loop guard"
+_OUTBOUND = Outbound.__table__
+# One INSERT … VALUES (…), (…) … RETURNING id for all rows of an event, ids in row order.
+_INSERT = sa.insert(_OUTBOUND).returning(_OUTBOUND.c.id, sort_by_parameter_order=True)
+_SET_ENVELOPE_SENDER = (sa.update(_OUTBOUND).where(_OUTBOUND.c.id == sa.bindparam("row_id"))
+                        .values(envelope_sender=sa.bindparam("verp")))
+
+
+@dataclass(frozen=True)
+class Queued:
+    """An outbound row just written, as its callers report it."""
+
+    id: int
+    event: str
+    recipient: str
+    message_id: str
 
 
 def add(session: Session, app, *, ticket: Ticket | None, event: str, recipient: str,
-        rendered: "Rendered", now: datetime) -> Outbound:
+        rendered: "Rendered", now: datetime) -> Queued:
     return add_many(session, app, ticket=ticket, event=event, mails=[(recipient, rendered)], now=now)[0]
 
 
 def add_many(session: Session, app, *, ticket: Ticket | None, event: str,
-             mails: list[tuple[str, "Rendered"]], now: datetime) -> list[Outbound]:
-    """One row per (recipient, rendered) of one event, with one loop-guard query and one flush
+             mails: list[tuple[str, "Rendered"]], now: datetime) -> list[Queued]:
+    """One row per (recipient, rendered) of one event: the rows in one INSERT (SQLAlchemy Core,
+    not the ORM: nothing here is read back as an object), their VERP return paths in one
+    UPDATE, their Message-IDs into the ticket's thread in one INSERT, and one loop-guard query
     for all of them. The recipients of one event are distinct."""
     if not mails:
         return []
     guarded = {recipient for recipient, _ in mails} - _never_held(session, ticket, event) - _agents(app.config)
     turns = _LoopGuard(session, app.config.outbound, now).turns(guarded)
-    rows = []
+    values = []
     for recipient, rendered in mails:
-        row = Outbound(
-            ticket_id=ticket.id if ticket else None, event=event, recipient=recipient,
-            subject=rendered.subject, message_id=rendered.message_id, message=rendered.message,
-            created_at=now, next_attempt_at=now,
-        )
-        if recipient in turns:
-            row.next_attempt_at, row.last_error = turns[recipient]
-        rows.append(row)
-    session.add_all(rows)
-    session.flush()
-    for row in rows:
-        row.envelope_sender = verp.address(app.signer, app.config.from_address, row.id)
+        next_attempt_at, last_error = turns.get(recipient, (now, None))
+        values.append(dict(
+            ticket_id=ticket.id if ticket else None, event=event, recipient=recipient, subject=rendered.subject,
+            message_id=rendered.message_id, message=rendered.message, status="queued", attempts=0,
+            created_at=now, next_attempt_at=next_attempt_at, last_error=last_error,
+        ))
+    session.flush()  # what the ORM holds goes first (the ticket the rows point to)
+    connection = session.connection()
+    ids = connection.execute(_INSERT, values).scalars().all()
+    connection.execute(_SET_ENVELOPE_SENDER, [{"row_id": i, "verp": verp.address(app.signer, app.config.from_address, i)}
+                                              for i in ids])
     if ticket is not None:
-        service.add_many_to_thread(session, ticket, [rendered.message_id for _, rendered in mails])
-    return rows
+        insert_many_if_absent(session, ThreadMessage, [{"id_hash": refs.id_hash(v["message_id"]), "ticket_id": ticket.id}
+                                                       for v in values])
+    return [Queued(i, event, v["recipient"], v["message_id"]) for i, v in zip(ids, values)]
 
 
 def _never_held(session: Session, ticket: Ticket | None, event: str) -> set[str]:

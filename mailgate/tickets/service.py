@@ -18,6 +18,11 @@ from mailgate.mail.parse import ParsedAttachment
 from mailgate.models import Attachment, Comment, Contact, Counter, Organisation, Subscription, ThreadMessage, Ticket
 from mailgate.tickets.events import Event
 
+_COUNTER = Counter.__table__
+_NEXT_NUMBER = (sa.update(_COUNTER).where(_COUNTER.c.name == sa.bindparam("counter"))
+                .values(value=_COUNTER.c.value + 1).returning(_COUNTER.c.value))
+
+
 def find_ticket(session: Session, key: str, *conditions) -> Ticket | None:
     """The ticket with KEY (any case, blanks around it ignored) that meets CONDITIONS, or None."""
     return session.exec(select(Ticket).where(Ticket.key == key.strip().upper(), *conditions)).first()
@@ -42,13 +47,14 @@ def allocate_key(session: Session, prefix: str) -> str:
     until commit, so keys never repeat, with several instances on one database too; a
     rolled-back number leaves a gap."""
     name = f"ticket:{prefix.upper()}"
-    result = session.execute(sa.update(Counter).where(Counter.name == name).values(value=Counter.value + 1))
-    if result.rowcount == 0:
+    number = session.connection().execute(_NEXT_NUMBER, {"counter": name}).scalar()
+    if number is None:
         # The prefix's first ticket: of two instances starting it at once, one inserts, the
         # other waits for it (PostgreSQL) and then counts on from there.
-        if not insert_if_absent(session, Counter, name=name, value=1):
-            session.execute(sa.update(Counter).where(Counter.name == name).values(value=Counter.value + 1))
-    number = session.execute(select(Counter.value).where(Counter.name == name)).scalar_one()
+        if insert_if_absent(session, Counter, name=name, value=1):
+            number = 1
+        else:
+            number = session.connection().execute(_NEXT_NUMBER, {"counter": name}).scalar_one()
     return f"{prefix}-{number}"
 
 
@@ -143,16 +149,9 @@ def add_to_thread(session: Session, ticket: Ticket, message_id: str | None) -> N
 
 
 def add_many_to_thread(session: Session, ticket: Ticket, message_ids: list[str | None]) -> None:
-    """`add_to_thread` for several Message-IDs, with one query."""
-    keys = list(dict.fromkeys(refs.id_hash(m) for m in message_ids if m))
-    if len(keys) <= 1:
-        for m in message_ids:
-            add_to_thread(session, ticket, m)
-        return
-    known = set(session.exec(select(ThreadMessage.id_hash).where(ThreadMessage.id_hash.in_(keys))).all())
-    for key in keys:
-        if key not in known:
-            session.add(ThreadMessage(id_hash=key, ticket_id=ticket.id))
+    """`add_to_thread` for several Message-IDs, in one statement."""
+    keys = dict.fromkeys(refs.id_hash(m) for m in message_ids if m)
+    insert_many_if_absent(session, ThreadMessage, [{"id_hash": key, "ticket_id": ticket.id} for key in keys])
 
 
 def add_participant(session: Session, ticket: Ticket, contact: Contact) -> None:
