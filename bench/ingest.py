@@ -250,7 +250,7 @@ def run_one(kind: str, args, directory: Directory) -> dict:
         config = common.write_config(workdir, url, log_level=args.log_level, extra=_overrides(args.set))
         csv = workdir / "contacts.csv"
         csv.write_text(directory.csv())
-        common.cli(config, "contact", "import", str(csv))
+        common.cli(config, "contact", "import", str(csv), "--create-orgs")
         gen = Generator(directory, seed=args.seed, run=f"ingest-{kind}")
         log(f"{kind}: seeding {args.seed_tickets} tickets")
         refs = seed(config, url, directory, gen, args.seed_tickets, args.timeout)

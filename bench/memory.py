@@ -91,7 +91,7 @@ def main(argv=None) -> int:
         config = common.write_config(workdir, url, max_message_size=64 * 1024 * 1024)
         csv = workdir / "contacts.csv"
         csv.write_text(directory.csv())
-        common.cli(config, "contact", "import", str(csv))
+        common.cli(config, "contact", "import", str(csv), "--create-orgs")
         gen = Generator(directory, seed=args.seed, run="memory")
         log(f"seeding {args.seed_tickets} tickets")
         refs = seed(config, url, directory, gen, args.seed_tickets, 600)

@@ -136,7 +136,7 @@ def insert_if_absent(session: Session, model, **values) -> bool:
     table = model.__table__
     # RETURNING, not rowcount: psycopg reports -1 for an INSERT … ON CONFLICT.
     statement = insert(table).values(**values).on_conflict_do_nothing().returning(*table.primary_key.columns)
-    return session.execute(statement).first() is not None
+    return session.connection().execute(statement).first() is not None
 
 
 def insert_many_if_absent(session: Session, model, rows: list[dict]) -> None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Callable
 
+import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from mailgate import desks, failpoints, notify
@@ -50,6 +51,10 @@ if TYPE_CHECKING:
     from mailgate.app import App
 
 log = logging.getLogger("mailgate.inbound")
+
+# "Was this spool id processed already?" (a crash between commit and settle): asked of every
+# message, so a column, not an object.
+_DONE = sa.select(Inbound.__table__.c.id).where(Inbound.__table__.c.spool_id == sa.bindparam("spool_id"))
 
 
 class Deferred(Exception):
@@ -133,9 +138,9 @@ class Pipeline:
         becomes a new ticket; True raises Deferred."""
         started = time.monotonic()
         with self.app.db.read_session() as session:  # no write lock for "already done?"
-            done = session.exec(select(Inbound).where(Inbound.spool_id == spool_id)).first()
+            done = session.connection().execute(_DONE, {"spool_id": spool_id}).scalar()
             if done is not None:
-                return self._result(session, done)
+                return self._result(session, session.get(Inbound, done))
         prepared = self._prepare(raw, envelope)
         with self.app.db.session() as session:
             result = self._process(session, spool_id, envelope, prepared, wait_for_older)

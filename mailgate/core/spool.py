@@ -33,11 +33,13 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 from mailgate.core.durable import commit, fsync_dir, unlink_quietly, write_tmp
 
 log = logging.getLogger("mailgate.spool")
 
+_COPY_PIECE = 1024 * 1024
 STALE_TMP_SECONDS = 3600  # a tmp/ file is written in milliseconds; one this old lost its writer
 
 
@@ -136,6 +138,11 @@ class Spool:
             f.close()
             raise
         return Claim(spool_id, self.cur / spool_id, envelope, raw, f, acknowledged=False)
+
+    def draft(self, envelope: Envelope, copies: Sequence[Envelope] = ()) -> "Draft":
+        """A message to be written piece by piece as it arrives (`Draft`), stored under
+        ENVELOPE and once more under each of COPIES."""
+        return Draft(self, envelope, copies)
 
     def _write_tmp(self, spool_id: str, raw: bytes, envelope: Envelope) -> Path:
         path = self.tmp / spool_id
@@ -300,6 +307,64 @@ class Spool:
             unlink_quietly(self.tmp / name)
             raise SpoolError(e.errno, f"cannot {step} {where.relative_to(self.root.parent)}: "
                                       f"{e.strerror or e}") from None
+
+
+class Draft:
+    """A message written into tmp/ as it arrives, so that a big one is never held whole (the
+    SMTP listener's DATA); `commit` makes it durable in new/ as `Spool.put` does — once per
+    envelope, when COPIES has more (one per desk). Blocking: the listener calls each step in a
+    thread. A failed step leaves nothing of this draft behind."""
+
+    def __init__(self, spool: Spool, envelope: Envelope, copies: Sequence[Envelope] = ()):
+        self.spool, self.envelope, self.copies = spool, envelope, list(copies)
+        self.spool_id = _new_id()
+        self.path = spool.tmp / self.spool_id
+        self._file = None
+        self.failed: SpoolError | None = None  # a piece its writer could not write (then: 451)
+
+    def write(self, chunk: bytes) -> None:
+        """Append CHUNK. Raises SpoolError (the draft is discarded)."""
+        try:
+            if self._file is None:
+                self._file = open(self.path, "wb")
+                self._file.write(_header(self.envelope))
+            self._file.write(chunk)
+        except OSError as e:
+            self.discard()
+            raise _spool_error("write", e) from e
+
+    def commit(self, last: bytes = b"") -> list[str]:
+        """Append LAST, fsync, and move into new/ (the directory fsynced) under the envelope
+        and each of the copies'; their spool ids. Raises SpoolError (the draft is discarded; a
+        copy stored before the failure stays)."""
+        self.write(last)
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            copies = [self._copy(envelope) for envelope in self.copies]
+        except OSError as e:
+            self.discard()
+            raise _spool_error("write", e) from e
+        self.spool._commit(self.path, self.spool.new / self.spool_id)
+        return [self.spool_id, *copies]
+
+    def _copy(self, envelope: Envelope) -> str:
+        """The body, read back in pieces, stored once more under ENVELOPE; its spool id."""
+        copy = Draft(self.spool, envelope)
+        with open(self.path, "rb") as f:
+            f.readline()  # our envelope
+            while piece := f.read(_COPY_PIECE):
+                copy.write(piece)
+        return copy.commit()[0]
+
+    def discard(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+        unlink_quietly(self.path)
 
 
 class _Busy(Exception):

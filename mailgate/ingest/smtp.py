@@ -4,16 +4,18 @@ The handler refuses during the dialog what it can — recipients that are not su
 addresses (550 5.1.1), more than `smtp.max_recipients` (452 4.5.3), messages over the size
 limit (552 5.3.4, advertised with SIZE) — and answers 250 to DATA only once the raw message is
 fsynced in the spool; when the spool cannot take it, 451 4.3.0 and the client keeps the
-message. In LMTP mode DATA gets one reply per accepted recipient, as an LMTP client (Postfix's
-lmtp: transport) expects. A message for the addresses of two desks is spooled once per desk,
-each copy with its desk's recipients, before the one 250 (mailgate.desks: each desk opens its
-own ticket; a copy written before a 451 is a duplicate when the client sends it again).
+message. The body goes into its spool file (tmp/) in pieces as it arrives, so the listener never
+holds a big message whole; it is moved into new/ only once complete and fsynced. In LMTP mode
+DATA gets one reply per accepted recipient, as an LMTP client (Postfix's lmtp: transport)
+expects. A message for the addresses of two desks is spooled once per desk, each copy with its
+desk's recipients, before the one 250 (mailgate.desks: each desk opens its own ticket; a copy
+written before a 451 is a duplicate when the client sends it again).
 
 What the listener holds is bounded whatever clients do: at most `smtp.max_sessions`
 connections (more get 421 at once), and at most `smtp.max_bytes_in_flight` bytes of message
 bodies being received by all sessions together — a body that would go over it is cut off
 (421, connection closed, nothing acknowledged), so many slow near-maximum uploads cannot add
-up to more memory than that.
+up to more than that (in tmp/ files and the pieces on their way there).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from mailgate import desks
 from mailgate.app import App
 from mailgate.db import run_blocking
 from mailgate.mail.addresses import is_support_address
-from mailgate.core.spool import Envelope, SpoolError
+from mailgate.core.spool import Draft, Envelope, SpoolError
 
 log = logging.getLogger("mailgate.smtp")
 
@@ -42,6 +44,7 @@ SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 TOO_MANY_SESSIONS = "421 4.7.0 Too many connections, try again later"
 TOO_MUCH_IN_FLIGHT = "421 4.3.2 Too much mail in transit, try again later"
+CHUNK = 256 * 1024  # a body goes to its spool file in pieces of this size as it arrives
 
 
 class InboundHandler:
@@ -61,27 +64,33 @@ class InboundHandler:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
-    async def handle_DATA(self, server, session, envelope: SmtpEnvelope):
+    def draft(self, envelope: SmtpEnvelope) -> Draft:
+        """Where DATA's body goes as it arrives: a spool file being written."""
         # aiosmtpd keeps MAIL FROM:<> as "<>" (it needs a true value there); the spool's null
         # sender is "".
         sender = "" if envelope.mail_from in ("<>", "") else envelope.mail_from
         copies = [Envelope(sender=sender, recipients=group, source=self.source)
                   for group in desks.of(self.app.config).split(list(envelope.rcpt_tos))]
+        return self.app.spool.draft(copies[0], copies[1:])
+
+    async def handle_DATA(self, server, session, envelope: SmtpEnvelope):
+        """The body is in ENVELOPE's draft but for its last piece (`original_content`): made
+        durable here (once per desk), and only then answered 250."""
+        draft: Draft = envelope.draft
         try:
-            spool_id = await run_blocking(self._spool, envelope.original_content, copies)
+            if draft.failed is not None:
+                raise draft.failed
+            spool_id = ",".join(await run_blocking(draft.commit, envelope.original_content))
         except SpoolError as e:
             log.error("spool write failed, answered 451: %s", e.strerror)
             return SPOOL_FAILED
         except Exception:  # whatever it was, the message is not stored: the client must keep it
+            await run_blocking(draft.discard)
             log.exception("spool write failed, answered 451")
             return SPOOL_FAILED
-        log.debug("spooled %s (%d bytes)", spool_id, len(envelope.original_content))
+        log.debug("spooled %s", spool_id)
         self.on_spooled()
         return ACCEPTED
-
-    def _spool(self, raw: bytes, copies: list[Envelope]) -> str:
-        """RAW into the spool once per envelope in COPIES (one per desk); the spool ids."""
-        return ",".join(self.app.spool.put(raw, copy) for copy in copies)
 
 
 class InFlight:
@@ -103,8 +112,9 @@ class InFlight:
 
 class _EnhancedReplies:
     """aiosmtpd's own size replies lack the enhanced status code of SPEC §3.1; the listener
-    needs to know its open sessions to shut down gracefully; and the body of DATA is gathered
-    without aiosmtpd's per-line overhead and counted against the listener's InFlight."""
+    needs to know its open sessions to shut down gracefully; and the body of DATA goes into
+    its spool file as it arrives — without aiosmtpd's per-line overhead, never held whole —
+    and is counted against the listener's InFlight."""
 
     # RFC 5321 allows 1000 characters a line, but real mailers send longer HTML lines and
     # MTAs pass them on; refusing them would lose mail. 1 MiB bounds memory per line.
@@ -114,9 +124,10 @@ class _EnhancedReplies:
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
-        """DATA as aiosmtpd does it, but the body is gathered in one buffer: aiosmtpd keeps a
-        bytearray per line, ~130 bytes of memory for each empty line, so 25 MB of bare CR LF
-        would cost the listener gigabytes. Each line also counts against `in_flight`."""
+        """DATA as aiosmtpd does it, but the body is written into a spool draft in pieces as
+        it arrives: aiosmtpd keeps a bytearray per line, ~130 bytes of memory for each empty
+        line, so 25 MB of bare CR LF would cost the listener gigabytes, and even one buffer
+        holds a big message whole. Each line also counts against `in_flight`."""
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
         if not self.envelope.rcpt_tos:
@@ -125,8 +136,11 @@ class _EnhancedReplies:
             return await self.push("501 Syntax: DATA")
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         self._taken = 0
+        draft = self.envelope.draft = self.event_handler.draft(self.envelope)
         try:
-            body = await self._read_body()
+            body = await self._read_body(draft)
+            if not isinstance(body, bytearray):
+                await run_blocking(draft.discard)
             if isinstance(body, str):  # refused: the whole body was read (RFC 5321 §4.2.5)
                 self._set_post_data_state()
                 return await self.push(body)
@@ -140,10 +154,13 @@ class _EnhancedReplies:
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
 
-    async def _read_body(self) -> bytearray | str | None:
-        """The dot-unstuffed body up to the lone dot; a reply text when it is too big or has a
-        line too long; None when the connection was cut (too much in flight)."""
-        body, refusal, limit = bytearray(), None, self.data_size_limit
+    async def _read_body(self, draft: Draft) -> bytearray | str | None:
+        """The dot-unstuffed body up to the lone dot, written into DRAFT in pieces of CHUNK
+        bytes as it comes (a big message is never held whole): the last piece, not yet
+        written. A reply text when it is too big or has a line too long; None when the
+        connection was cut (too much in flight). A piece that cannot be written is kept in
+        DRAFT.failed, and the rest is read and dropped (the reply is 451)."""
+        body, refusal, limit, size = bytearray(), None, self.data_size_limit, 0
         while True:
             try:
                 line = await self._reader.readuntil(b"\r\n")
@@ -156,13 +173,21 @@ class _EnhancedReplies:
                 if not self.in_flight.take(len(line)):
                     return self._cut_off()
                 self._taken += len(line)
-            if refusal is None and limit and len(body) + len(line) > limit:
+            if refusal is None and limit and size + len(line) > limit:
                 refusal = "552 Error: Too much mail data"
-            if refusal is not None:
+            if refusal is not None or draft.failed is not None:
                 body.clear()  # drain without keeping
                 continue
-            body += line[1:] if line.startswith(b".") else line
-        return refusal or body  # the buffer itself: a copy would double a big message in memory
+            piece = line[1:] if line.startswith(b".") else line
+            body += piece
+            size += len(piece)
+            if len(body) >= CHUNK:
+                piece, body = body, bytearray()
+                try:
+                    await run_blocking(draft.write, piece)
+                except SpoolError as e:
+                    draft.failed = e
+        return refusal or body
 
     def _cut_off(self) -> None:
         log.warning("%d bytes of bodies in transit (smtp.max_bytes_in_flight): a message cut off, "

@@ -175,6 +175,57 @@ def test_451_when_the_spool_cannot_be_written_and_recovery_without_restart(daemo
     assert d.proc.poll() is None
 
 
+def _open_data(c: LineClient) -> None:
+    assert c.reply()[0] == 220
+    assert c.command("EHLO client.example")[0] == 250
+    assert c.command("MAIL FROM:<alice@acme.example>")[0] == 250
+    assert c.command(f"RCPT TO:<{SUPPORT}>")[0] == 250
+    assert c.command("DATA")[0] == 354
+
+
+def test_a_big_body_goes_to_the_spool_as_it_arrives_and_is_taken_only_when_complete(daemon, cli, tmp_path):
+    """The listener never holds a big message whole (issue 16): its body is written into tmp/
+    while it arrives; new/ sees it, and the client 250, only once it is complete and fsynced."""
+    add_customer(cli)
+    d = daemon()
+    spool = tmp_path / "state" / "spool"
+    head = make_message(subject="Big").rstrip(b"\r\n") + b"\r\n"
+    line = b"x" * 998 + b"\r\n"
+    with LineClient(d.smtp_port) as c:
+        _open_data(c)
+        c.sock.sendall(head + line * 2000)  # 2 MB, not ended
+        wait_for(lambda: sum(p.stat().st_size for p in (spool / "tmp").iterdir()) > 1_000_000,
+                 message="the body in tmp/ while it arrives")
+        assert list((spool / "new").iterdir()) == []
+        c.sock.sendall(line * 10 + b".\r\n")
+        assert c.reply()[0] == 250
+    assert list((spool / "tmp").iterdir()) == []
+    rows = wait_for_tickets(cli, 1)
+    assert [r["summary"] for r in rows] == ["Big"]
+
+
+def test_a_spool_that_fails_mid_body_gets_451_after_the_whole_body(daemon, cli, tmp_path):
+    add_customer(cli)
+    d = daemon()
+    spool_tmp = tmp_path / "state" / "spool" / "tmp"
+    head = make_message(subject="Half stored?").rstrip(b"\r\n") + b"\r\n"
+    line = b"y" * 998 + b"\r\n"
+    with LineClient(d.smtp_port) as c:
+        _open_data(c)
+        c.sock.sendall(head + line * 1000)
+        wait_for(lambda: any(spool_tmp.iterdir()), message="the body in tmp/")
+        shutil.rmtree(spool_tmp)  # the file being written is gone with it; its next piece fails
+        spool_tmp.write_text("a file where the spool's tmp/ directory was")
+        c.sock.sendall(line * 1000 + b".\r\n")
+        code, text = c.reply()
+        assert code == 451 and text[0].startswith("451 4.3.0")
+        assert c.command("NOOP")[0] == 250  # the whole body was read: the session goes on
+    spool_tmp.unlink()
+    spool_tmp.mkdir()
+    assert inbox(cli) == [] and list((tmp_path / "state" / "spool" / "new").iterdir()) == []
+    assert d.proc.poll() is None
+
+
 # --- LMTP -------------------------------------------------------------------------------------------
 
 
