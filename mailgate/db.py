@@ -35,9 +35,14 @@ class Database:
         self.engine = _engine(url)
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[Session]:
-        """One transaction: committed when the block ends, rolled back when it raises."""
-        with Session(self.engine, expire_on_commit=False) as session:
+    def session(self, durable: bool = True) -> Iterator[Session]:
+        """One transaction: committed when the block ends, rolled back when it raises.
+
+        Not DURABLE: its commit does not wait for the disk (SQLite: synchronous=NORMAL for it;
+        PostgreSQL: synchronous_commit off). A crash of the process loses nothing either way;
+        a power cut may lose such a transaction while keeping everything before it. For the
+        sender's bookkeeping only (claims, results): one lost is a notification sent again."""
+        with Session(self.engine if durable else self._relaxed_engine, expire_on_commit=False) as session:
             try:
                 yield session
                 session.commit()
@@ -68,6 +73,10 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    @functools.cached_property
+    def _relaxed_engine(self) -> sa.Engine:
+        return self.engine.execution_options(mailgate_relaxed=True)
 
     @functools.cached_property
     def _read_engine(self) -> sa.Engine:
@@ -104,12 +113,24 @@ def _engine(url: str) -> sa.Engine:
         # Database.read_session's transactions only read: a plain BEGIN, no write lock.
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    event.listen(engine, "begin", _postgresql_begin)
+    return engine
 
 
 def _sqlite_begin(conn) -> None:
-    read_only = conn.get_execution_options().get("mailgate_read_only", False)
-    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+    options = conn.get_execution_options()
+    synchronous = "NORMAL" if options.get("mailgate_relaxed") else "FULL"
+    info = conn.connection.info  # the pooled DBAPI connection's: the setting stays with it
+    if info.get("synchronous") != synchronous:  # a statement only when it changes
+        conn.exec_driver_sql(f"PRAGMA synchronous={synchronous}")
+        info["synchronous"] = synchronous
+    conn.exec_driver_sql("BEGIN" if options.get("mailgate_read_only", False) else "BEGIN IMMEDIATE")
+
+
+def _postgresql_begin(conn) -> None:
+    if conn.get_execution_options().get("mailgate_relaxed"):
+        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
 
 
 def _refuse_flush(session, _flush_context, _instances) -> None:
@@ -122,6 +143,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
+    _record.info["synchronous"] = "FULL"  # changed per transaction where it may be: _sqlite_begin
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()

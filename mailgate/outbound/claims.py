@@ -8,6 +8,12 @@ mailgate.db), which serialises claims. A result is recorded only while the lease
 the claimer's own; a sender that died leaves a lease that expires, and the row is due again.
 
 All functions block; the sender calls them through `run_blocking`.
+
+The sender's bookkeeping — claims, leases, results — is committed without waiting for the disk
+(`Database.session(durable=False)`): on SQLite a transaction with fsync per notification
+sent held the write lock the processing of mail waits for (issue 16). A crash of the process
+loses none of it; a power cut may lose the last results, and those notifications are sent
+again — as after a crash between sending and recording, which no ordering avoids.
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ def claim_due(db: Database, now: datetime, lease: float, fallback_sender: str, l
     if not db.is_sqlite:
         query = query.with_for_update(skip_locked=True)
     owner = owner_token()
-    with db.session() as session:
+    with db.session(durable=False) as session:
         rows = session.exec(query).all()
         for row in rows:
             row.claimed_until, row.claimed_by = now + timedelta(seconds=lease), owner
@@ -79,7 +85,7 @@ def renew(db: Database, claims: list[Claimed], until: datetime) -> list[Claimed]
     if not claims:
         return []
     ids = [c.id for c in claims]
-    with db.session() as session:
+    with db.session(durable=False) as session:
         session.execute(sa.update(Outbound).where(*_held(ids, claims[0].owner)).values(claimed_until=until))
         held = set(session.exec(select(Outbound.id).where(*_held(ids, claims[0].owner))).all())
     return [c for c in claims if c.id in held]
@@ -101,7 +107,7 @@ def release(db: Database, claims: list[Claimed]) -> int:
     """Give rows of one owner back untried (a shutdown or an outage before their turn)."""
     if not claims:
         return 0
-    with db.session() as session:
+    with db.session(durable=False) as session:
         result = session.execute(
             sa.update(Outbound).where(*_held([c.id for c in claims], claims[0].owner))
             .values(claimed_until=None, claimed_by=None)
@@ -111,7 +117,7 @@ def release(db: Database, claims: list[Claimed]) -> int:
 
 def _finish(db: Database, claim: Claimed, **values) -> bool:
     """Record a result, only while CLAIM's lease is still ours; False when it was lost."""
-    with db.session() as session:
+    with db.session(durable=False) as session:
         result = session.execute(
             sa.update(Outbound).where(*_held([claim.id], claim.owner))
             .values(claimed_until=None, claimed_by=None, **values)
@@ -128,7 +134,7 @@ def release_dead_claims(db: Database, now: datetime) -> int:
     """Give back at once the leases of senders on this host whose process is gone (a crash),
     instead of waiting for them to run out; a live process's lease is left alone."""
     host = socket.gethostname()
-    with db.session() as session:
+    with db.session(durable=False) as session:
         held = session.exec(
             select(Outbound).where(Outbound.status == "queued", Outbound.claimed_until >= now,
                                    Outbound.claimed_by.like(f"{host}:%"))
@@ -157,7 +163,7 @@ def _owner_is_dead(owner: str, host: str) -> bool:
 def expire(db: Database, now: datetime, max_age_hours: float) -> int:
     """Fail queued rows older than the maximum age that no sender holds (SPEC §7)."""
     cutoff = now - timedelta(hours=max_age_hours)
-    with db.session() as session:
+    with db.session(durable=False) as session:
         rows = session.exec(
             select(Outbound).where(Outbound.status == "queued", Outbound.created_at < cutoff,
                                    or_(Outbound.claimed_until.is_(None), Outbound.claimed_until < now))
