@@ -52,8 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailgate.inbound")
 
-# "Was this spool id processed already?" (a crash between commit and settle): asked of every
-# message, so a column, not an object.
+# "Was this spool id processed already?" (a crash between commit and settle).
 _DONE = sa.select(Inbound.__table__.c.id).where(Inbound.__table__.c.spool_id == sa.bindparam("spool_id"))
 
 
@@ -137,17 +136,26 @@ class Pipeline:
         WAIT_FOR_OLDER, when given, is asked before a message whose references find no ticket
         becomes a new ticket; True raises Deferred."""
         started = time.monotonic()
-        with self.app.db.read_session() as session:  # no write lock for "already done?"
-            done = session.connection().execute(_DONE, {"spool_id": spool_id}).scalar()
-            if done is not None:
-                return self._result(session, session.get(Inbound, done))
         prepared = self._prepare(raw, envelope)
-        with self.app.db.session() as session:
-            result = self._process(session, spool_id, envelope, prepared, wait_for_older)
-            failpoints.hit("before_commit", raw)
+        try:
+            with self.app.db.session() as session:
+                result = self._process(session, spool_id, envelope, prepared, wait_for_older)
+                failpoints.hit("before_commit", raw)
+        except sa.exc.IntegrityError:
+            # Its inbound record exists (the spool id is unique): processed and committed before
+            # a crash kept the spool from forgetting it. Rare, so not asked of every message.
+            if (done := self._processed(spool_id)) is None:
+                raise
+            return done
         failpoints.hit("after_commit", raw)
         self._log(result, started)
         return result
+
+    def _processed(self, spool_id: str) -> Result | None:
+        """The result SPOOL_ID got when it was processed before, or None."""
+        with self.app.db.read_session() as session:
+            done = session.connection().execute(_DONE, {"spool_id": spool_id}).scalar()
+            return self._result(session, session.get(Inbound, done)) if done is not None else None
 
     def explain(self, raw: bytes, envelope: Envelope) -> dict:
         """What `process` would make of RAW (SPEC §9 `mailgate explain`), writing nothing."""

@@ -16,6 +16,7 @@ give them instead of parsing each header back into objects as `EmailMessage` doe
 
 from __future__ import annotations
 
+import binascii
 import email.charset
 import email.policy
 import email.utils
@@ -28,7 +29,7 @@ from datetime import datetime
 from email.header import Header
 from email.headerregistry import Address
 from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
+from email.mime.nonmultipart import MIMENonMultipart
 from pathlib import Path
 
 import jinja2
@@ -250,8 +251,7 @@ class _Output(email.policy.Compat32):
 
 
 _OUTPUT = _Output(linesep="\r\n")
-_UTF8 = email.charset.Charset("utf-8")
-_UTF8.body_encoding = email.charset.QP  # readable in the raw mail, unlike base64
+_UTF8 = email.charset.Charset("utf-8")  # header words and display names
 
 
 def _compose(headers: list[tuple[str, str | Header | _Unfolded]], text: str, html: str, language: str) -> bytes:
@@ -262,9 +262,19 @@ def _compose(headers: list[tuple[str, str | Header | _Unfolded]], text: str, htm
     for name, value in headers:
         msg[name] = value
     msg["Content-Language"] = language
-    msg.attach(MIMEText(text, "plain", _UTF8))
-    msg.attach(MIMEText(html, "html", _UTF8))
+    msg.attach(_quoted_printable("plain", text))
+    msg.attach(_quoted_printable("html", html))
     return msg.as_bytes(policy=_OUTPUT)
+
+
+def _quoted_printable(subtype: str, text: str) -> MIMENonMultipart:
+    """A UTF-8 text part, quoted-printable (readable in the raw mail, unlike base64), encoded by
+    binascii in C: the email package's own encoder (MIMEText with a QP charset) works line by
+    line in Python and cost half of a notification's composition."""
+    part = MIMENonMultipart("text", subtype, charset="utf-8")
+    part["Content-Transfer-Encoding"] = "quoted-printable"
+    part.set_payload(binascii.b2a_qp(text.encode("utf-8"), istext=True).decode("ascii"))
+    return part
 
 
 class _Unfolded:

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlmodel import Session, func, select
+import sqlalchemy as sa
+from sqlmodel import Session
 
 from mailgate.config import PolicyConfig
 from mailgate.contacts import find_contact
 from mailgate.mail import authentication
 from mailgate.mail.parse import ParsedMessage
 from mailgate.models import Contact, Ticket
+
+_TICKET = Ticket.__table__
+_RECENT = sa.select(sa.func.count()).select_from(_TICKET).where(
+    _TICKET.c.creator_id == sa.bindparam("creator"), _TICKET.c.created_at >= sa.bindparam("since"))
 
 
 def active_contact(session: Session, address: str | None) -> Contact | None:
@@ -32,8 +37,5 @@ def over_rate_limit(session: Session, policy: PolicyConfig, contact: Contact, no
     limit = policy.max_new_tickets_per_sender_per_hour
     if limit <= 0:
         return False
-    recent = session.exec(
-        select(func.count()).select_from(Ticket)
-        .where(Ticket.creator_id == contact.id, Ticket.created_at >= now - timedelta(hours=1))
-    ).one()
+    recent = session.connection().execute(_RECENT, {"creator": contact.id, "since": now - timedelta(hours=1)}).scalar()
     return recent >= limit

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from mailgate.config import DEFAULT_DESK
-from mailgate.db import insert_if_absent
+from mailgate.db import insert_if_absent, insert_many_if_absent
 from mailgate.mail import refs
 from mailgate.mail.parse import ParsedAttachment
 from mailgate.models import Attachment, Comment, Contact, Counter, Organisation, Subscription, ThreadMessage, Ticket
@@ -141,11 +141,8 @@ def store_attachments(
 
 def add_to_thread(session: Session, ticket: Ticket, message_id: str | None) -> None:
     """Remember a Message-ID as part of TICKET's thread (first ticket wins)."""
-    if not message_id:
-        return
-    key = refs.id_hash(message_id)
-    if session.get(ThreadMessage, key) is None:
-        session.add(ThreadMessage(id_hash=key, ticket_id=ticket.id))
+    if message_id:
+        insert_many_if_absent(session, ThreadMessage, [{"id_hash": refs.id_hash(message_id), "ticket_id": ticket.id}])
 
 
 def add_many_to_thread(session: Session, ticket: Ticket, message_ids: list[str | None]) -> None:
