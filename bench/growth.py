@@ -40,6 +40,9 @@ from bench.common import SUPPORT, log, mb, percentile
 from bench.mailgen import SUBJECTS_DE, SUBJECTS_EN, SENTENCES_DE, SENTENCES_EN, Directory, Generator, TicketRef
 
 TARGET_RATIO = 1.3
+# The key counter of the prefix SD (mailgate.tickets.service.allocate_key: one row per prefix).
+COUNTER_SQL = ("INSERT INTO counter (name, value) VALUES ('ticket:SD', %s) "
+               "ON CONFLICT (name) DO UPDATE SET value = excluded.value")
 
 # Status of ticket n by (n-1) % 20: an old desk is mostly closed.
 STATUS_BY_RESIDUE = ["closed"] * 14 + ["resolved"] * 2 + ["in_progress"] * 2 + ["opened", "clarification"]
@@ -186,7 +189,7 @@ def bulk_load(url: str, history: History, state_dir: Path) -> dict:
             conn.executemany(sql, rows)
             timings[table] = round(time.monotonic() - t0, 1)
             log(f"  {table}: {n} rows in {timings[table]}s")
-        conn.execute("UPDATE counter SET value = ? WHERE name = 'ticket'", (history.tickets,))
+        conn.execute(COUNTER_SQL.replace("%s", "?"), (history.tickets,))
         conn.execute("COMMIT")
         conn.execute("PRAGMA journal_mode=WAL")  # as mailgate keeps it
         conn.close()
@@ -205,7 +208,7 @@ def bulk_load(url: str, history: History, state_dir: Path) -> dict:
                                     f"(SELECT COALESCE(MAX(id), 1) FROM {table}))")
                     timings[table] = round(time.monotonic() - t0, 1)
                     log(f"  {table}: {n} rows in {timings[table]}s")
-                cur.execute("UPDATE counter SET value = %s WHERE name = 'ticket'", (history.tickets,))
+                cur.execute(COUNTER_SQL, (history.tickets,))
             conn.commit()
             conn.autocommit = True
             t0 = time.monotonic()

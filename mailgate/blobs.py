@@ -28,8 +28,11 @@ class BlobStore:
         path = self.path(digest)
         if path.exists():
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_file(path, (data,))
+        try:
+            write_file(path, (data,))
+        except FileNotFoundError:  # the first blob under its prefix: a mkdir only then, not each time
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_file(path, (data,))
 
     def path(self, digest: str) -> Path:
         if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):

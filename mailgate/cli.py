@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mailgate import LANGUAGES, __version__, config as config_module, terminal
-from mailgate.config import ConfigError
+from mailgate import LANGUAGES, __version__, terminal
 from mailgate.errors import first_line, is_database_error, is_transient
 
 if TYPE_CHECKING:
@@ -550,7 +549,7 @@ def _error(message: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mailgate", description="The e-mail gateway of a service desk.")
-    p.add_argument("--config", metavar="PATH", help=f"config file (default: ${config_module.ENV_VAR}, else embedded defaults)")
+    p.add_argument("--config", metavar="PATH", help="config file (default: $MAILGATE_CONFIG, else embedded defaults)")
     p.add_argument("--version", action="version", version=f"mailgate {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -702,9 +701,11 @@ def _run(argv: list[str], deliver: bool = False) -> int:
     except UsageError as e:
         _error(str(e))
         return EX_TEMPFAIL if deliver else EX_USAGE
+    from mailgate import config as config_module  # not for --help or --version
+
     try:
         cfg = config_module.load(args.config)
-    except ConfigError as e:
+    except config_module.ConfigError as e:
         _error(f"config: {e}")
         return EX_TEMPFAIL if deliver else EX_CONFIG
     from mailgate.app import App, configure_logging
