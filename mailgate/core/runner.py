@@ -65,13 +65,20 @@ class Handled:
 
 class Runner:
     def __init__(self, app: App, pipeline: Pipeline | None = None,
-                 on_claim: Callable[[str, bool], None] | None = None):
+                 on_claim: Callable[[str, bool], None] | None = None,
+                 on_memory_exhausted: Callable[[], None] | None = None):
         self.app = app
         self.spool = app.spool
         self.pipeline = pipeline or Pipeline(app)
         # (spool_id, True) when a message is taken into work, (spool_id, False) when let go:
         # a worker process reports this to the daemon, which counts deaths against it.
         self.on_claim = on_claim
+        # A worker under a memory limit that ran out of memory has a heap that may no longer
+        # take a message of the size allowed (freed memory stays fragmented): told so, it
+        # ends after the message in hand and the daemon starts a fresh one.
+        self.on_memory_exhausted = on_memory_exhausted
+        self.memory_exhausted = False
+        self.handled = 0  # messages taken into work by this runner (a fresh worker has taken none)
         self.wake = asyncio.Event()
         self._isolation = _Isolation()
         self._outage = OutageLog(log)
@@ -109,13 +116,19 @@ class Runner:
             # Not parsed again: parsing may be what kills the process.
             return self._quarantine(claim, f"a processing worker process died {claim.envelope.deaths} times "
                                            "with this message in hand")
+        worked_others = self.handled > 0
+        self.handled += 1
         try:
             result = self.pipeline.process(claim.spool_id, claim.envelope, claim.raw,
                                            self._older_first(claim) if may_defer else None)
         except Deferred:
             return Handled(Disposition.DEFER)
         except MemoryError:
-            return self.over_budget(claim, "over the processing budget: out of memory", in_company())
+            self.memory_exhausted = True
+            # A worker that worked other messages before may have lost the room to them
+            # (fragmentation): with a fresh worker coming, the message gets one more try there.
+            recycled = worked_others and self.on_memory_exhausted is not None
+            return self.over_budget(claim, "over the processing budget: out of memory", in_company() or recycled)
         except Exception as e:
             if is_transient(e):
                 return Handled(Disposition.WAIT, error=first_line(e))
@@ -127,7 +140,8 @@ class Runner:
         eaten by them: back, to be worked alone. Alone, it is quarantined at once, unparsed —
         parsing may be what blows it."""
         if in_company and not claim.envelope.alone:
-            log.warning("spool_id=%s %s beside other messages; it is worked alone next", claim.spool_id, why)
+            log.warning("spool_id=%s %s beside other messages (or after them, in one worker); it is worked "
+                        "alone next", claim.spool_id, why)
             return Handled(Disposition.ALONE, error=why)
         log.error("spool_id=%s %s; quarantined", claim.spool_id, why)
         return self._quarantine(claim, why)
@@ -191,9 +205,15 @@ class Runner:
         while not stopping.is_set():
             try:
                 handled = await self._drain(stopping)
+            except MemoryError:  # a message could not even be read in: it is back in the spool
+                log.error("out of memory reading a message from the spool; it waits for a process with room")
+                self.memory_exhausted, handled = True, 0
             except Exception as e:  # the spool itself is failing (directory gone, I/O error)
                 log.error("cannot read the spool: %s", first_line(e, with_type=True))
                 handled = 0
+            if self.memory_exhausted and self.on_memory_exhausted is not None:
+                self.on_memory_exhausted()
+                return
             if not handled:
                 self.wake.clear()
                 await wait_any(stopping, self.wake, timeout=1.0)
@@ -202,8 +222,8 @@ class Runner:
         """Claim, handle and settle what waits; the number of messages done."""
         done = 0
         for spool_id in await run_blocking(self.spool.waiting):
-            if stopping.is_set():
-                break
+            if stopping.is_set() or (self.memory_exhausted and self.on_memory_exhausted is not None):
+                break  # out of memory: the rest is for the fresh worker
             claim = await run_blocking(self.spool.claim, spool_id)
             if claim is None:
                 continue

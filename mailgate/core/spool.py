@@ -182,7 +182,11 @@ class Spool:
         except OSError:  # locked by another claimer, or already moved by it
             f.close()
             return None
-        return self._read_claim(spool_id, self.cur / spool_id, f)
+        try:
+            return self._read_claim(spool_id, self.cur / spool_id, f)
+        except MemoryError:  # this process has no room for it (a worker's limit): back, uncounted
+            os.rename(self.cur / spool_id, src)
+            raise
 
     def settle(self, claim: Claim, disposition: Disposition) -> None:
         """Apply DISPOSITION to a claimed message, and let go of it."""

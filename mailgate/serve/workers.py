@@ -7,7 +7,8 @@ and the daemon — listener, HTTP, sender — never waits on it: it holds each m
 budget from outside (mailgate.core.budget). A child whose message has cost it more than
 `processing.budget_seconds` of CPU is killed and the message quarantined at once, unparsed;
 a child caps its own memory, so a runaway allocation ends in MemoryError (the runner
-quarantines). More than one child also puts processing on more cores: parsing, rules and
+quarantines; a child that ran out of memory then ends with RECYCLE_EXIT and a fresh one takes
+its place, because what it freed stays fragmented and the next big message may not fit). More than one child also puts processing on more cores: parsing, rules and
 the database work are Python, one core per process. Each child runs the same `Runner` over
 the same spool with `processing.threads` threads. Nothing new is needed for safety: a spooled message is claimed
 with an flock (mailgate.core.spool), so two processes never process one message, and a child that
@@ -55,6 +56,7 @@ from mailgate.db import run_blocking
 log = logging.getLogger("mailgate.workers")
 
 STOP_SECONDS = 10  # at shutdown a child finishes the message in hand within this, else it is killed
+RECYCLE_EXIT = 3  # a child that ran out of memory ends with this after its message: a fresh one takes over
 POLL_SECONDS = 0.1  # how often the CPU time of a child working on a message is looked at
 HEALTHY_SECONDS = 60  # a child that lived this long died of something new: restart at once
 _RESTART = tenacity.wait_exponential_jitter(multiplier=0.5, max=30, jitter=0.5)
@@ -127,6 +129,14 @@ class WorkerPool:
                 held, overran = self._holding.pop(pid, {}), self._overran.pop(pid, None)
             if overran is not None:
                 await self._settle_overrun(overran, held)
+                continue
+            if code == RECYCLE_EXIT and not stopping.is_set():
+                # Not ill, but its heap is fragmented past what the next big message needs.
+                log.warning("processing worker %d (pid %d) ran out of memory; a fresh one takes over", n, pid)
+                await self._put_back(held, Disposition.WAIT)
+                deaths = 1 if time.monotonic() - started > HEALTHY_SECONDS else deaths + 1
+                if deaths > 1:  # a fresh child ran out again at once: no tight loop
+                    await wait_any(stopping, timeout=wait_seconds(_RESTART, deaths))
                 continue
             if code == 0:  # it was told to stop (systemd signals the whole group): so are we, soon
                 await wait_any(stopping, timeout=STOP_SECONDS)
@@ -265,7 +275,7 @@ class _Reports:
 async def _serve_child(app: App, reports: "_Reports") -> int:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
-    runner = Runner(app, on_claim=reports.on_claim).warm_up()
+    runner = Runner(app, on_claim=reports.on_claim, on_memory_exhausted=stopping.set).warm_up()
     limit_memory(Budget.of(app.config).memory)  # from what a ready worker holds (see core.budget)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
@@ -283,7 +293,7 @@ async def _serve_child(app: App, reports: "_Reports") -> int:
     await runner.run(stopping)
     listening.cancel()
     app.db.dispose()
-    return 0
+    return RECYCLE_EXIT if runner.memory_exhausted else 0
 
 
 def main(argv: list[str] | None = None) -> int:

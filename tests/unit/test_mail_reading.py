@@ -89,6 +89,15 @@ def test_mixed_charsets_are_read_in_bounded_time():
     assert time.perf_counter() - started < 2.0
 
 
+def test_a_from_without_angle_brackets_gives_the_address_and_the_name():
+    """A fax or scanner gateway's `From: Name addr@domain` (Zammad's mail087): the parser took
+    "test test@example.com" for the address, so no contact could ever match it."""
+    message = parse(b"From: Test test@example.com\r\nSubject: Fax\r\n\r\nA fax.\r\n")
+    assert (message.from_name, message.from_address) == ("Test", "test@example.com")
+    message = parse(b"From: a@b.example c@d.example\r\nSubject: x\r\n\r\nx\r\n")
+    assert message.from_address != "c@d.example"  # two addresses: no guess which is the sender
+
+
 # --- MIME shapes -------------------------------------------------------------------------------
 
 
@@ -219,5 +228,8 @@ def test_message_id_of_raw_bytes(raw, expected):
 def test_message_id_of_is_bounded_on_a_huge_header():
     raw = b"X-Filler: " + b"a" * 20_000_000 + b"\r\nMessage-ID: <late@acme.example>\r\n\r\n"
     started = time.perf_counter()
-    assert message_id_of(raw) is None  # beyond what it reads
+    assert message_id_of(raw) == "<late@acme.example>"  # below 20 MB of one header field (a quarantine's reason)
+    assert message_id_of(b"To: " + b"(" * 500_000 + b"\r\nMessage-ID:\r\n <deep@acme.example>\r\n\r\nx") == \
+        "<deep@acme.example>"
+    assert message_id_of(b"X-Filler: " + b"\r\n" * 10_000_000) is None
     assert time.perf_counter() - started < 1.0

@@ -134,3 +134,48 @@ def test_the_pipe_retries_at_once_then_quarantines_and_exits_0(people_app):
     assert record.attempts == people_app.config.processing.max_attempts
     with people_app.db.read_session() as s:
         assert s.exec(select(Ticket)).all() == []
+
+
+# --- a worker that ran out of memory (issue 13: the campaign at the size limit) ----------------
+# After big messages a worker's heap can stay fragmented: the next big message did not even
+# fit to be read in ("cannot read the spool: MemoryError"), stayed in cur/ and got no outcome
+# for as long as that worker lived. Now it goes back, and the worker makes way for a fresh one.
+
+
+def test_a_message_that_cannot_be_read_in_goes_back_and_the_worker_makes_way(people_app, spool_one, monkeypatch):
+    import asyncio
+
+    spool_id = spool_one(make_message(subject="Big one"))
+    read = people_app.spool._read_claim
+    monkeypatch.setattr(people_app.spool, "_read_claim", lambda *a: (_ for _ in ()).throw(MemoryError()))
+    exhausted = asyncio.Event()
+    worn = Runner(people_app, on_memory_exhausted=exhausted.set)
+
+    async def lane():
+        stopping = asyncio.Event()
+        await asyncio.wait_for(worn._lane(stopping), 10)  # returns: it does not go on worn out
+
+    asyncio.run(lane())
+    assert worn.memory_exhausted and not _inbound(people_app)
+    assert spool_files(people_app.config.state_dir)["new"] == [spool_id]  # back, not stuck in cur/
+    monkeypatch.setattr(people_app.spool, "_read_claim", read)
+    (_, handled), = Runner(people_app).run_once()  # the fresh worker
+    assert handled.result.outcome == "ticket_created"
+
+
+def _out_of_memory(*args, **kwargs):
+    raise MemoryError()
+
+
+def test_out_of_memory_after_other_messages_is_tried_again_in_a_fresh_worker(people_app, spool_one, monkeypatch):
+    worn = Runner(people_app, on_memory_exhausted=lambda: None)
+    worn.handled = 1  # it has worked a message before
+    monkeypatch.setattr(worn.pipeline, "process", _out_of_memory)
+    spool_one(make_message(subject="Big one"))
+    (_, handled), = worn.run_once()
+    assert handled.disposition is Disposition.ALONE and worn.memory_exhausted and not _inbound(people_app)
+    fresh = Runner(people_app, on_memory_exhausted=lambda: None)
+    monkeypatch.setattr(fresh.pipeline, "process", _out_of_memory)
+    (_, handled), = fresh.run_once()  # out of memory in a fresh worker too: the message's own doing
+    assert handled.disposition is Disposition.DONE and handled.result.outcome == "quarantined"
+    assert "out of memory" in _inbound(people_app)[0].error
