@@ -22,6 +22,7 @@ class _Draft:
 
 
 def _reader_of(data: bytes) -> smtp.MailgateSMTP:
+    """A session whose reader holds DATA, all of it buffered (as it is when it came faster)."""
     session = smtp.MailgateSMTP.__new__(smtp.MailgateSMTP)
     session._reader = asyncio.StreamReader(limit=smtp.MailgateSMTP.line_length_limit)
     session._reader.feed_data(data)
@@ -32,9 +33,9 @@ def _reader_of(data: bytes) -> smtp.MailgateSMTP:
 
 def test_a_body_of_bare_newlines_gives_the_event_loop_turns_while_it_is_read():
     lines = 200_000
-    session = _reader_of(b"\r\n" * lines + b"..dot-stuffed\r\n.\r\n")
 
     async def read_while_counting_turns():
+        session = _reader_of(b"\r\n" * lines + b"..dot-stuffed\r\n.\r\n")  # a StreamReader needs the loop
         turns = 0
 
         async def other_work():
