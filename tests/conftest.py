@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import (
-    DaemonProcess, checkpoint, cli_in_process, pg_create_database, pg_drop_database, pg_template, sqlite_template,
-    write_config,
+    DaemonProcess, checkpoint, cli_in_process, pg_create_database, pg_drop_database, pg_drop_database_later, pg_drops_done,
+    pg_template, sqlite_template, write_config,
 )
 
 TEST_DB = os.environ.get("MAILGATE_TEST_DB", "sqlite")
@@ -79,7 +79,7 @@ def database_url(request, tmp_path: Path, db_template) -> str:
     name = f"mg_test_{uuid.uuid4().hex[:12]}"
     url = pg_create_database(name, template=template)
     yield url
-    pg_drop_database(name)
+    pg_drop_database_later(name)
 
 
 @dataclass(frozen=True)
@@ -218,6 +218,10 @@ def pytest_runtest_logreport(report):
     for name, value in getattr(report, "user_properties", ()):
         if name == "real-world scores" and report.when == "call":
             _REALWORLD_SCORES.extend(value)
+
+
+def pytest_sessionfinish(session):
+    pg_drops_done()  # no database of a test outlives the run
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import functools
 import io
 import os
 import re
@@ -107,7 +109,10 @@ def write_config(path: Path, state_dir: Path, database_url: str, sections: dict)
 # --- PostgreSQL ------------------------------------------------------------------------------
 
 
+@functools.cache
 def _admin():
+    """One engine per test process for creating and dropping databases (a connection costs
+    more than a CREATE DATABASE … TEMPLATE)."""
     return sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
 
 
@@ -116,19 +121,31 @@ def pg_url(name: str) -> str:
 
 
 def pg_create_database(name: str, template: str | None = None) -> str:
-    engine = _admin()
-    with engine.connect() as conn:
+    with _admin().connect() as conn:
         suffix = f" TEMPLATE {template}" if template else ""
         conn.execute(sa.text(f'CREATE DATABASE "{name}"{suffix}'))
-    engine.dispose()
     return pg_url(name)
 
 
 def pg_drop_database(name: str) -> None:
-    engine = _admin()
-    with engine.connect() as conn:
+    with _admin().connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
+
+
+_dropper = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-drop")
+_drops: list[concurrent.futures.Future] = []
+
+
+def pg_drop_database_later(name: str) -> None:
+    """Drop NAME while the next test runs (a drop waits for the disk; nothing reads it again)."""
+    _drops.append(_dropper.submit(pg_drop_database, name))
+
+
+def pg_drops_done() -> None:
+    """Wait for the drops handed to pg_drop_database_later; raise the first that failed."""
+    for future in _drops:
+        future.result()
+    _drops.clear()
 
 
 def sqlite_template(path: Path) -> None:
