@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from mailgate import desks, failpoints, notify
+from mailgate.contacts import find_contact
 from mailgate.core.spool import Envelope
 from mailgate.db import insert_if_absent
 from mailgate.mail import quotes, refs, subjects
@@ -247,15 +248,16 @@ class Pipeline:
             note = f"; bounce of outbound {', '.join(map(str, bounced))}" if bounced else ""
             _say(reasons, f"machine mail: {why}{note}")
             return _Decision("ignored_auto", error=f"machine mail: {why}{note}")
-        if prepared.agent is not None:
+        if prepared.agent is not None and not self._a_contacts_own(session, prepared, reasons):
             return self._agent_mail(session, inbound, prepared, wait_for_older, reasons)
-        if reasons is not None and (claimed := agent_rule.claimed(cfg, parsed)):
+        claimed = agent_rule.claimed(cfg, parsed)
+        if claimed is not None:
             _say(reasons, f"the From is agent {claimed.name}'s address, but neither the signed reply address nor "
                           f"a DMARC or aligned DKIM pass proves it: a customer's mail like any other")
         contact = sender.active_contact(session, parsed.from_address)
         if contact is None:
             _say(reasons, f"the sender {parsed.from_address or '(no From address)'} is not an active contact")
-            if why := notice.why_not(cfg.policy, parsed, envelope.sender):
+            if why := notice.why_not(cfg.policy, parsed, envelope.sender, agent=claimed):
                 _say(reasons, why)
                 return _Decision("rejected_unknown_sender", error=why)
             tell = Event("unknown_sender_notice", None, data={"address": parsed.from_address, "desk": prepared.desk.name})
@@ -280,6 +282,17 @@ class Pipeline:
             return _Decision("rate_limited", error="too many new tickets from this sender in the last hour")
         _say(reasons, f"{ticket.key} is closed (final): a follow-up ticket" if ticket else "a new ticket")
         return self._new_ticket(session, inbound, prepared, contact, now, follow_up_of=ticket)
+
+    @staticmethod
+    def _a_contacts_own(session, prepared: _Prepared, reasons) -> bool:
+        """Mail at an agent's signed reply address whose From is a contact's (active or not): a
+        customer answering the agent's mail writes as themselves (mailgate.rules.agent)."""
+        proof, address = prepared.agent.proof, prepared.parsed.from_address
+        if not proof.unless_contact or find_contact(session, address) is None:
+            return False
+        _say(reasons, f"sent to agent {proof.agent.name}'s signed reply address, but from {address}, "
+                      "a contact: their own mail, not the agent's")
+        return True
 
     def _agent_mail(self, session, inbound, prepared: _Prepared, wait_for_older, reasons) -> _Decision:
         """A proven agent's mail: a reply to the ticket it refers to, else a forward on behalf of

@@ -9,7 +9,8 @@ forward that opened the ticket). The mail has the customer's text, the ticket's 
 the commands of a reply, in the agent's language (else the desk's), from the ticket's desk,
 with the agent's signed reply address (mailgate.notify.reply_address) in `Reply-To` and a
 signed Message-ID, so that a reply finds its ticket. `agent_notice` tells a proven agent why
-their mail was not applied.
+their mail was not applied, with the same `Reply-To`: a reply with the corrected commands is
+proven like any other.
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ def queue_notice(session: Session, app, event: Event, now: datetime) -> list[enq
             "mg.agent", domain=app.config.message_id_domain),
         in_reply_to=original, references=[original] if original else [],
         from_address=desk.from_address, from_name=desk.display_name,
+        # A reply with the corrected commands comes back proven, as to any agent mail.
+        reply_to=reply_address.address(app.signer, agent, desk.addresses[0]),
     )
     context = {**_reply_context(desk), "why": event.data["why"], "subject": event.data.get("subject") or "",
                "ticket": {"key": ticket.key, "summary": ticket.summary} if ticket else None,

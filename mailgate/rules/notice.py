@@ -7,7 +7,9 @@ would mail strangers on an attacker's behalf (backscatter). A notice goes only w
   the same organisational domain (a company's own bounce address, `bounces@mail.acme.example`
   for `alice@acme.example`; mailgate.mail.domains). A public suffix vouches for nobody.
 - the trusted MTA (`policy.trusted_authserv_id`) did not see the sender fail DMARC or SPF;
-- with `require_authenticated_sender`, it saw the sender pass (DMARC or aligned DKIM).
+- with `require_authenticated_sender`, it saw the sender pass (DMARC or aligned DKIM);
+- the From is not an agent's address (SPEC §11): an agent has access, and the notice would
+  tell them otherwise — nor would anyone who forges an agent's From get us to mail the agent.
 
 Machine mail never gets here (it is `ignored_auto` first). The once-a-day rule per address and
 the hourly cap in all are the notice's own (mailgate.notify.notices).
@@ -15,15 +17,19 @@ the hourly cap in all are the notice's own (mailgate.notify.notices).
 
 from __future__ import annotations
 
-from mailgate.config import PolicyConfig
+from mailgate.config import AgentConfig, PolicyConfig
 from mailgate.mail import authentication, domains
 from mailgate.mail.parse import ParsedMessage
 
 
-def why_not(policy: PolicyConfig, parsed: ParsedMessage, envelope_sender: str | None) -> str | None:
-    """Why the sender of PARSED gets no notice; None when it may get one."""
+def why_not(policy: PolicyConfig, parsed: ParsedMessage, envelope_sender: str | None,
+            agent: AgentConfig | None = None) -> str | None:
+    """Why the sender of PARSED gets no notice; None when it may get one. AGENT: the agent
+    whose address the From is, if any (mailgate.rules.agent.claimed)."""
     if not parsed.from_address:
         return "no notice: no From address"
+    if agent is not None:
+        return f"no notice: the From is agent {agent.name}'s address, and agents need no access"
     if not vouches(envelope_sender, parsed.from_address):
         return "no notice: the envelope sender does not vouch for the From address"
     if authentication.failed(parsed.headers, policy.trusted_authserv_id):

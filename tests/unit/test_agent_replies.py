@@ -170,6 +170,62 @@ def test_an_invalid_command_changes_nothing_and_the_agent_is_told_why(app, body,
     assert mail["Subject"].startswith("[SD-1] Not applied: Re: [SD-1]")
 
 
+def test_a_reply_to_the_agents_notice_with_the_corrected_command_is_proven(app):
+    _clear_outbox(app)
+    _by_reply_address(app, "#status resolvd\nDone." + QUOTE)
+    [(_, _, notice)] = _outbound(app)
+    reply_to = notice["Reply-To"].addresses[0].addr_spec
+    assert reply_to == _reply_address(app)  # the agent's own signed address, as on every agent mail
+    raw = _mail("#status resolved\nDone." + QUOTE, to=reply_to, subject=f"Re: {notice['Subject']}",
+                headers={"In-Reply-To": notice["Message-ID"]})
+    result = pipe.deliver(app, raw, SAM, reply_to).result
+    assert (result.outcome, result.ticket) == ("comment_added", "SD-1") and _ticket(app).status == "resolved"
+
+
+def test_the_signed_address_proves_the_agent_writing_from_another_address_of_theirs(app):
+    """The address is the proof (SPEC §11): an alias, or the phone's account, is the agent too."""
+    to = _reply_address(app)
+    raw = _mail("#status in_progress\nOn it, from my phone." + QUOTE, sender="Sam <sam.agent@mobile.example>", to=to)
+    result = pipe.deliver(app, raw, "sam.agent@mobile.example", to).result
+    assert result.outcome == "comment_added"
+    assert (_comments(app)[-1].author_agent, _ticket(app).status) == ("sam", "in_progress")
+    again = _mail("More from my phone." + QUOTE, sender="Sam <sam.agent@mobile.example>", to=to)
+    explained = Pipeline(app).explain(again, Envelope(sender="sam.agent@mobile.example", recipients=[to]))
+    assert any("from another address of theirs" in r for r in explained["reasons"])
+
+
+@pytest.mark.parametrize("sender, to, cc, outcome", [
+    # someone the agent copied in, answering to all: the agent's own address is among the recipients
+    ("Val Vendor <val@supplier.example>", SAM, "REPLY", "rejected_unknown_sender"),
+    ("Colin Colleague <colin@corp.example>", "REPLY", SAM, "rejected_unknown_sender"),
+    # a contact writes as themselves, active or not
+    ("Alice Adams <alice@acme.example>", "REPLY", "", "comment_added"),
+    ("Dave Dorn <dave@acme.example>", "REPLY", "", "rejected_unknown_sender"),
+    # another agent's From is that agent's, proven or not: rita's is not proven here
+    ("Rita <rita@corp.example>", "REPLY", "", "rejected_unknown_sender"),
+])
+def test_mail_at_the_signed_address_that_is_plainly_someone_elses_is_not_the_agents(app, sender, to, cc, outcome):
+    reply = _reply_address(app)
+    to, cc = (reply if x == "REPLY" else x for x in (to, cc))
+    raw = _mail("#status resolved\nSee below." + QUOTE, sender=sender, to=to, headers={"Cc": cc} if cc else None)
+    address = email.utils.parseaddr(sender)[1]
+    result = pipe.deliver(app, raw, address, reply).result
+    assert result.outcome == outcome
+    assert _ticket(app).status == "in_review" and not any(c.author_agent for c in _comments(app))
+
+
+def test_no_unknown_sender_notice_goes_to_an_agents_address(app):
+    """Unproven mail from an agent's address is a stranger's, but the agent is not told to ask
+    for access, nor does a forger of the agent's From get us to mail the agent."""
+    _clear_outbox(app)
+    result = pipe.deliver(app, _mail("#status resolved\nDone."), SAM, SUPPORT).result
+    assert result.outcome == "rejected_unknown_sender" and "agent sam" in result.error
+    assert _outbound(app) == []
+    stranger = pipe.deliver(app, _mail("Hello?", sender="olga@stranger.example"), "olga@stranger.example", SUPPORT)
+    assert stranger.result.outcome == "rejected_unknown_sender"
+    assert [(e, r) for e, r, _ in _outbound(app)] == [("unknown_sender_notice", "olga@stranger.example")]
+
+
 def test_rules_of_the_ticket_and_the_agent_apply_too(app):
     from tests.world import set_status
 
