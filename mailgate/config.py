@@ -92,7 +92,7 @@ class OutboundConfig:
     retry_max_seconds: float = 3600.0
     timeout_seconds: float = 60.0  # per SMTP command to the relay
     poll_seconds: float = 5.0  # how often the sender looks for due mail when nothing woke it
-    loop_replies_per_hour: int = 10  # an address whose replies became this many comments in an hour loops
+    loop_replies_per_hour: int = 10  # an address whose replies became this many comments on one ticket in an hour loops
     max_per_recipient_per_hour: int = 6  # mail to an address that loops, at most; the rest waits; 0: off
     templates_dir: str = ""  # templates here override the built-in ones of the same name
 

@@ -6,10 +6,12 @@ ticket's thread, so a reply that references its Message-ID finds the ticket even
 signature check.
 
 The loop guard (SPEC §5: it delays, never drops, and aims at loops, not at busy
-organisations). A mail loop is an address that answers our notifications again and again —
-an auto-responder that sends no Auto-Submitted, another ticket system: at least
-`outbound.loop_replies_per_hour` of its messages became comments within the last hour, far
-more than any person writes. Mail to such an address is paced: at most
+organisations). A mail loop is an address that answers our notifications about a ticket again
+and again — an auto-responder that sends no Auto-Submitted, another ticket system: at least
+`outbound.loop_replies_per_hour` of its messages became comments on that one ticket within the
+last hour, far more than any person writes there. (A loop goes round one conversation, and so
+one ticket; a customer who answers on many tickets — or a test suite playing one — is busy, not
+looping.) Mail about that ticket to such an address is paced: at most
 `outbound.max_per_recipient_per_hour` an hour; the rest stays queued with its next attempt
 set to its turn and the reason in `last_error` (`mailgate outbox list` shows both; `outbox
 retry` lets them go now), and the first row held back is logged. Nothing is ever failed for
@@ -71,7 +73,7 @@ def add_many(session: Session, app, *, ticket: Ticket | None, event: str,
     if not mails:
         return []
     guarded = {recipient for recipient, _ in mails} - _never_held(session, ticket, event) - _agents(app.config)
-    turns = _LoopGuard(session, app.config.outbound, now).turns(guarded)
+    turns = _LoopGuard(session, app.config.outbound, now).turns(guarded, ticket)
     values = []
     for recipient, rendered in mails:
         next_attempt_at, last_error = turns.get(recipient, (now, None))
@@ -108,48 +110,52 @@ class _LoopGuard:
         self.session, self.now = session, now
         self.replies, self.per_hour = cfg.loop_replies_per_hour, cfg.max_per_recipient_per_hour
 
-    def turns(self, recipients: set[str]) -> dict[str, tuple[datetime, str]]:
-        """For each of RECIPIENTS caught in a loop: when its mail may go, and why it waits."""
-        if self.replies <= 0 or self.per_hour <= 0 or not recipients:
+    def turns(self, recipients: set[str], ticket: Ticket | None) -> dict[str, tuple[datetime, str]]:
+        """For each of RECIPIENTS caught in a loop on TICKET: when its mail may go, and why it
+        waits. Mail about no ticket is never held (the unknown-sender notice has its own limits)."""
+        if self.replies <= 0 or self.per_hour <= 0 or not recipients or ticket is None or ticket.id is None:
             return {}
-        looping = self._looping(recipients)
+        looping = self._looping(recipients, ticket.id)
         if not looping:
             return {}
-        last = self._last_turns(set(looping))
+        last = self._last_turns(set(looping), ticket.id)
         spacing = timedelta(hours=1) / self.per_hour
         turns = {}
         for recipient, replies in looping.items():
             turn = max(self.now, last[recipient] + spacing) if recipient in last else self.now
-            why = (f"{HELD_BACK}: {replies} replies from this address within an hour look like a mail loop; "
-                   f"it gets at most {self.per_hour} mails an hour")
+            why = (f"{HELD_BACK}: {replies} replies from this address on {ticket.key} within an hour look like "
+                   f"a mail loop; it gets at most {self.per_hour} mails an hour about it")
             turns[recipient] = (turn, why)
-        self._log_new(looping)
+        self._log_new(looping, ticket)
         return turns
 
-    def _looping(self, recipients: set[str]) -> dict[str, int]:
-        """Those of RECIPIENTS whose mail to us became comments `replies` times within the hour."""
+    def _looping(self, recipients: set[str], ticket_id: int) -> dict[str, int]:
+        """Those of RECIPIENTS whose mail to us became comments on TICKET_ID `replies` times
+        within the hour."""
         counts = self.session.exec(
             select(Inbound.from_address, func.count()).select_from(Inbound)
             .where(Inbound.from_address.in_(sorted(recipients)), Inbound.outcome == "comment_added",
-                   Inbound.received_at >= self.now - WINDOW)
+                   Inbound.ticket_id == ticket_id, Inbound.received_at >= self.now - WINDOW)
             .group_by(Inbound.from_address)
         ).all()
         return {address: n for address, n in counts if n >= self.replies}
 
-    def _last_turns(self, recipients: set[str]) -> dict[str, datetime]:
-        """The latest turn given to each of RECIPIENTS within the hour."""
+    def _last_turns(self, recipients: set[str], ticket_id: int) -> dict[str, datetime]:
+        """The latest turn given to each of RECIPIENTS for mail about TICKET_ID within the hour."""
         return {recipient: aware(turn) for recipient, turn in self.session.exec(
             select(Outbound.recipient, func.max(Outbound.next_attempt_at)).select_from(Outbound)
-            .where(Outbound.recipient.in_(sorted(recipients)), Outbound.created_at >= self.now - WINDOW)
+            .where(Outbound.recipient.in_(sorted(recipients)), Outbound.ticket_id == ticket_id,
+                   Outbound.created_at >= self.now - WINDOW)
             .group_by(Outbound.recipient)
         ).all() if turn is not None}
 
-    def _log_new(self, looping: dict[str, int]) -> None:
+    def _log_new(self, looping: dict[str, int], ticket: Ticket) -> None:
         """Log an address when its first mail is held back, not for every one after it."""
         already = set(self.session.exec(
             select(Outbound.recipient).where(Outbound.recipient.in_(sorted(looping)), Outbound.status == "queued",
                                              Outbound.last_error.startswith(HELD_BACK)).distinct()
         ).all())
         for recipient in sorted(set(looping) - already):
-            log.warning("mail loop? %s answered %d notifications within an hour; mail to it is held back to %d "
-                        "an hour (mailgate outbox list)", recipient, looping[recipient], self.per_hour)
+            log.warning("mail loop? %s answered %d notifications about %s within an hour; mail to it about %s is "
+                        "held back to %d an hour (mailgate outbox list)", recipient, looping[recipient], ticket.key,
+                        ticket.key, self.per_hour)

@@ -117,3 +117,24 @@ def test_the_creators_confirmation_is_never_held_back(app):
     assert _deliver(app, "alice@acme.example", make_message(subject="A new problem")) == "ticket_created"
     confirmation = _rows(app, Outbound.event == "ticket_created", Outbound.recipient == "alice@acme.example")[-1]
     assert aware(confirmation.next_attempt_at) <= utcnow() and confirmation.last_error is None
+
+
+def test_a_customer_busy_on_many_tickets_is_not_a_loop(app):
+    """Twelve answers within the hour, spread over three tickets (a busy customer, or an
+    acceptance suite playing one): mail about any of them goes at once. A loop goes round one
+    ticket; the same twelve on one ticket would be held (test above)."""
+    keys = []
+    for n in range(3):
+        raw = make_message(subject=f"Problem {n}", message_id=f"<busy-customer-{n}@acme.example>")
+        assert _deliver(app, "alice@acme.example", raw) == "ticket_created"
+        with app.db.session() as s:
+            keys.append(s.exec(select(Ticket).order_by(Ticket.id.desc())).first().key)
+    for n in range(12):
+        raw = make_message(subject=f"Re: [{keys[n % 3]}] Problem", body=f"More details {n}")
+        assert _deliver(app, "alice@acme.example", raw) == "comment_added"
+    for key in keys:
+        _agent_comment(app, key, "Thanks, we are on it.")
+    mails = _rows(app, Outbound.recipient == "alice@acme.example", Outbound.event == "comment_added")
+    assert len(mails) == 3
+    now = utcnow()
+    assert all(aware(r.next_attempt_at) <= now and r.last_error is None for r in mails)
