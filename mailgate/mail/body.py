@@ -104,19 +104,21 @@ def declared_charset(msg: Message) -> str | None:
 # --- the walk ------------------------------------------------------------------------------
 
 
-def _visit(walk: _Walk, part: Message, keep_text: bool) -> None:
+def _visit(walk: _Walk, part: Message, keep_text: bool, related: bool = False) -> None:
+    """RELATED: PART is a resource of a multipart/related (an image its HTML shows)."""
     if part.get_content_type() in _ATTACHED_MESSAGES:
         _attach(walk, part)  # its parts are the attached message's, not this message's
     elif part.is_multipart():
         children = [p for p in part.get_payload() if isinstance(p, Message)]
         chosen = _alternative(walk, children) if part.get_content_type() == "multipart/alternative" else None
+        resources = part.get_content_type() == "multipart/related"
         for child in children:
-            _visit(walk, child, keep_text and (chosen is None or child is chosen))
+            _visit(walk, child, keep_text and (chosen is None or child is chosen), resources and child is not children[0])
     elif _is_body_text(part):
         if keep_text:
             walk.pieces.append(_text(walk, part))
     else:
-        _attach(walk, part)
+        _attach(walk, part, related)
 
 
 def _alternative(walk: _Walk, children: list[Message]) -> Message | None:
@@ -191,7 +193,7 @@ def _encoded_size(part: Message) -> int:
 # --- attachments ---------------------------------------------------------------------------
 
 
-def _attach(walk: _Walk, part: Message) -> None:
+def _attach(walk: _Walk, part: Message, related: bool = False) -> None:
     kind = part.get_content_type()
     if kind in _ATTACHED_MESSAGES:
         data = walk.tree.original(part) or b""
@@ -207,7 +209,7 @@ def _attach(walk: _Walk, part: Message) -> None:
             for file_name, content in files:
                 _add_file(walk, file_name, content)
             return
-    _add(walk, part, data, name, _extension(kind))
+    _add(walk, part, data, name, _extension(kind), related)
 
 
 def _budget(walk: _Walk, size: int) -> None:
@@ -216,17 +218,27 @@ def _budget(walk: _Walk, size: int) -> None:
         raise BodyLimit(f"limit: more than {walk.max_decoded_bytes} bytes of attachments")
 
 
-def _add(walk: _Walk, part: Message, data: bytes, name: str | None, extension: str) -> None:
+def _add(walk: _Walk, part: Message, data: bytes, name: str | None, extension: str, related: bool = False) -> None:
     content_id = headers.one_line(str(part.get("Content-ID", "") or "")).strip("<>").strip() or None
     disposition = part.get_content_disposition()
     _append(walk, Attachment(
         filename=name or _generated_name(walk, part, extension, content_id),
         content_type=part.get_content_type()[:255],
         data=data,
-        inline=disposition == "inline" or (content_id is not None and disposition is None),
+        inline=_inline(disposition, content_id, related),
         content_id=content_id[:255] if content_id else None,
         name_given=bool(name),
     ))
+
+
+def _inline(disposition: str | None, content_id: str | None, related: bool) -> bool:
+    """Shown in the text rather than beside it: disposition inline, or a part with a Content-ID
+    that says nothing else — or that is a resource of a multipart/related, whatever its
+    disposition (clients and libraries write `attachment` with a file name there, and the HTML
+    shows it by its cid: all the same; RFC 2387)."""
+    if disposition == "inline":
+        return True
+    return content_id is not None and (disposition is None or related)
 
 
 def _add_file(walk: _Walk, name: str, data: bytes) -> None:

@@ -111,6 +111,24 @@ def test_an_attached_message_is_one_eml_with_its_original_bytes():
     assert b"Two spaces   kept." in parsed.attachments[0].data  # not re-serialised
 
 
+def test_an_image_the_html_shows_by_its_content_id_is_inline_whatever_its_disposition():
+    """Python's add_related(..., filename=...) — and some clients — write `attachment` on an
+    image of a multipart/related; the HTML shows it by its cid all the same (SPEC §2, §9
+    `inline: true`). A file beside the text stays an attachment, Content-ID or not."""
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "alice@acme.example", "support@example.com", "Screenshot"
+    msg.set_content("See the screenshot.")
+    msg.add_alternative('<p>See <img src="cid:shot@acme.example"></p>', subtype="html")
+    msg.get_payload()[1].add_related(b"\x89PNG\r\n\x1a\n", "image", "png", cid="<shot@acme.example>", filename="shot.png")
+    msg.add_attachment(b"%PDF-1.4", "application", "pdf", filename="report.pdf", cid="<report@acme.example>")
+    assert msg.get_payload()[0].get_payload()[1].get_payload()[1]["Content-Disposition"].startswith("attachment")
+    parsed = parse(msg.as_bytes())
+    assert [(a.filename, a.inline, a.content_id) for a in parsed.attachments] == [
+        ("shot.png", True, "shot@acme.example"), ("report.pdf", False, "report@acme.example")]
+
+
 def test_generated_names_are_the_same_on_every_parse():
     raw = (FIXTURES / "attachments" / "unnamed-quicktime.eml").read_bytes()
     names = [[a.filename for a in parse(raw).attachments] for _ in range(2)]
