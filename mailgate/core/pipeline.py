@@ -325,8 +325,7 @@ class Pipeline:
         )
         comment.full_body = parsed.text  # what the cut took stays reachable (SPEC §4.7)
         service.store_attachments(session, ticket, parsed.attachments, prepared.attachment_digests, comment)
-        first_line = next((line for line in body.splitlines() if line.strip()), "")
-        feedback = service.customer_feedback(ticket, first_line, self.config.tickets.close_phrases, now, contact.id)
+        feedback = service.customer_feedback(ticket, body, self.config.tickets.close_phrases, now, contact.id)
         _say(reasons, f"a comment on {ticket.key}" + "".join(
             f"; the status goes from {e.old} to {e.new}" for e in feedback if e.kind == "status_changed"))
         events += feedback

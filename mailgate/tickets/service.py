@@ -16,6 +16,7 @@ from mailgate.db import insert_if_absent, insert_many_if_absent
 from mailgate.mail import refs
 from mailgate.mail.parse import ParsedAttachment
 from mailgate.models import Attachment, Comment, Contact, Counter, Organisation, Subscription, ThreadMessage, Ticket
+from mailgate.tickets.closing import confirms as closing_confirmed
 from mailgate.tickets.events import Event
 
 _COUNTER = Counter.__table__
@@ -104,21 +105,17 @@ def set_status(ticket: Ticket, status: str, now: datetime, actor_contact_id: int
     return [Event("status_changed", ticket.id, actor_contact_id, old=old, new=status)]
 
 
-def customer_feedback(ticket: Ticket, first_line: str, close_phrases, now: datetime, actor_id: int) -> list[Event]:
-    """The status effect of a customer's comment (SPEC §4.7) and the lifecycle reset (§6)."""
+def customer_feedback(ticket: Ticket, text: str, close_phrases, now: datetime, actor_id: int) -> list[Event]:
+    """The status effect of a customer's comment of TEXT (its new text: SPEC §4.7) and the
+    lifecycle reset (§6)."""
     ticket.last_customer_feedback_at = now
     ticket.reminders_sent = 0
     if ticket.status == "clarification":
         return set_status(ticket, ticket.status_before_clarification or "in_review", now, actor_id)
     if ticket.status == "resolved":
-        closing = is_close_confirmation(first_line, close_phrases)
+        closing = closing_confirmed(text, close_phrases)
         return set_status(ticket, "closed" if closing else "in_review", now, actor_id)
     return []
-
-
-def is_close_confirmation(first_line: str, close_phrases) -> bool:
-    text = " ".join(first_line.lower().split()).rstrip(" .!?,;:")
-    return text in {p.lower() for p in close_phrases}
 
 
 def store_attachments(

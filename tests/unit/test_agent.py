@@ -73,12 +73,29 @@ def test_clarification_answered_returns_to_previous_status(desk):
     ("Please close.", "closed"), ("bitte schließen!", "closed"), ("CLOSE", "closed"),
     ("Kann geschlossen werden.", "closed"), ("Still broken, sorry.", "in_review"),
     ("Thanks!\nPlease close.", "in_review"),
+    # the courtesy around a confirmation, and a salutation line above it, say nothing either way
+    ("Thanks, please close.", "closed"), ("Please close it, thank you!", "closed"),
+    ("Danke, kann geschlossen werden.", "closed"), ("Hi,\n\nplease close the ticket.\n\nRegards, Alice", "closed"),
+    ("Hallo Service-Team,\nbitte schließen.", "closed"),
+    ("Thanks, but do not close it yet.", "in_review"), ("Please do not close.", "in_review"),
+    ("Hi,\nit still fails.", "in_review"),
 ])
 def test_resolved_reply_closes_or_reopens(desk, body, status):
     desk("ticket", "set", "SD-1", "--status", "resolved")
     reply = make_message(subject="Re: [SD-1] Login page shows error 500", body=body)
     desk("deliver", stdin=reply)
     assert _show(desk)["status"] == status
+
+
+def test_reading_a_close_confirmation_is_bounded_whatever_the_text():
+    import time
+
+    from mailgate.tickets import closing
+
+    hostile = [("Hi, " + "please, " * 100_000 + "close\n") * 30, "\n" * 20_000_000 + "close", "close " * 4_000_000]
+    started = time.process_time()
+    assert not any(closing.confirms(text, ["close"]) for text in hostile)
+    assert time.process_time() - started < 0.5
 
 
 def test_reply_to_closed_ticket_opens_a_follow_up(desk):
