@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def import_contacts(session: Session, path: Path, create_orgs: bool = False, pro
     for rows, row in enumerate(reader, 1):
         line = reader.line_num
         try:
-            state = directory.take(row)
+            state = directory.take(row, line)
         except ContactsError as e:
             report.rejected.append((line, str(e)))
         else:
@@ -165,7 +166,8 @@ def import_contacts(session: Session, path: Path, create_orgs: bool = False, pro
 
 def _decode(data: bytes) -> tuple[str, str]:
     """The file's text and the encoding it was read as: UTF-8 (with or without BOM) when it
-    decodes as such, else what charset-normalizer finds (cp1252, latin-1, UTF-16 …)."""
+    decodes as such, else what charset-normalizer finds (cp1252, latin-1, UTF-16 …) — or
+    Windows-1252 where that guess, from too few bytes, reads worse (`_windows_1252_rather`)."""
     try:
         return data.decode("utf-8-sig"), "utf-8"
     except UnicodeDecodeError:
@@ -173,7 +175,42 @@ def _decode(data: bytes) -> tuple[str, str]:
     best = charset_normalizer.from_bytes(data[:1_000_000]).best()
     if best is None:
         raise ContactsError("cannot tell the file's encoding; save it as UTF-8")
-    return data.decode(best.encoding, errors="replace").lstrip("\ufeff"), best.encoding
+    text = data.decode(best.encoding, errors="replace").lstrip("\ufeff")
+    if _windows_1252_rather(data, text):
+        return data.decode("cp1252"), "cp1252"
+    return text, best.encoding
+
+
+# Non-letters that Windows-1252 text of names and organisations holds beside letters.
+_NAME_MARKS = set(" '’‘-–—.,&()/\"\u00a0+@_;:!?#°„“”´`") | set("0123456789")
+
+
+def _windows_1252_rather(data: bytes, guessed: str) -> bool:
+    """Whether DATA is better read as Windows-1252, what Excel writes for "CSV" on a Western
+    Windows, than as what charset-normalizer GUESSED from a few bytes: a short file with one
+    "Müller" may read as a DOS code page ("M³ller"), "Muñoz" as Central European ("Muńoz").
+    Yes when Windows-1252 reads names (letters, digits, their marks) and the guess reads
+    something else, or other Latin letters; a guess in another script (Cyrillic, Greek, …)
+    stays, as does one where Windows-1252 reads no names (Polish "Łukasz": "£ukasz")."""
+    try:
+        western = data.decode("cp1252")
+    except UnicodeDecodeError:
+        return False  # bytes Windows-1252 does not define
+    if western == guessed:
+        return True
+    return _clean(western) and (not _clean(guessed) or _latin_only(guessed))
+
+
+def _latin_only(text: str) -> bool:
+    """Whether every letter of TEXT beyond ASCII is a Latin one."""
+    return all(unicodedata.name(c, "").startswith("LATIN") for c in set(text) if not c.isascii() and c.isalpha())
+
+
+def _clean(text: str) -> bool:
+    """Only letters, digits, blanks and the marks of names, addresses and CSV: no control
+    characters (UTF-16 read byte by byte is full of NULs)."""
+    return all((c.isascii() and c.isprintable()) or c.isalpha() or c in _NAME_MARKS or c in "\r\n\t"
+               for c in set(text))
 
 
 def _delimiter(text: str) -> str:
@@ -194,10 +231,15 @@ class _Directory:
         self.session, self.create_orgs = session, create_orgs
         self.orgs = {o.name: o for o in session.exec(select(Organisation))}
         self.contacts = {c.email: c for c in session.exec(select(Contact))}
+        self.lines: dict[str, int] = {}  # the line each address of the file was taken from
 
-    def take(self, row: dict) -> str:
-        """Apply one CSV row: "created", "updated" or "unchanged"; ContactsError to reject it."""
+    def take(self, row: dict, line: int) -> str:
+        """Apply one CSV row (at LINE): "created", "updated" or "unchanged"; ContactsError to
+        reject it. An address the file had on an earlier line is rejected: the file says two
+        things of one contact, and taking both would change it back and forth on every run."""
         email = normalise_email(row.get("email") or "")
+        if email in self.lines:
+            raise ContactsError(f"{email} is on line {self.lines[email]} already")
         name = (row.get("name") or "").strip()
         org_name = (row.get("organisation") or "").strip()
         language = check_language((row.get("language") or "en").strip().lower() or "en")
@@ -207,6 +249,7 @@ class _Directory:
         if len(name) > 200 or len(org_name) > 200:
             raise ContactsError("a name is longer than 200 characters")
         wanted = dict(name=name, organisation_id=self._organisation(org_name).id, language=language, active=active)
+        self.lines[email] = line
         existing = self.contacts.get(email)
         if existing is None:
             self.contacts[email] = Contact(email=email, **wanted)

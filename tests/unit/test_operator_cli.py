@@ -125,6 +125,32 @@ def test_import_reads_windows_1252_with_semicolons_and_rejects_unknown_organisat
     assert [o["name"] for o in cli_json(cli, "org", "list")] == ["Mueller GmbH", "Müller GmbH"]
 
 
+@pytest.mark.parametrize("name", ["Hans Müller", "Jürgen Weiß", "Zoë Brontë", "José Muñoz"])
+def test_import_reads_a_small_windows_1252_file_as_windows_1252(cli, tmp_path, name):
+    """A file with one or two non-ASCII letters is too little for charset detection alone,
+    which read "Müller" as a DOS code page ("M³ller")."""
+    cli("org", "add", "Acme")
+    path = tmp_path / "one.csv"
+    path.write_bytes(f"email;name;organisation;language;active\r\nhans@acme.example;{name};Acme;de;true\r\n"
+                     "x@unknown.example;X;Unknown Org;en;\r\n".encode("cp1252"))
+    code, out, err = cli("contact", "import", str(path))
+    assert code == 0 and "created 1," in out, (out, err)
+    assert [c["name"] for c in cli_json(cli, "contact", "list")] == [name]
+
+
+def test_an_address_twice_in_one_file_is_rejected_the_second_time_so_a_rerun_changes_nothing(cli, tmp_path):
+    cli("org", "add", "Acme")
+    path = tmp_path / "twice.csv"
+    path.write_text("email,name,organisation,language\nhans@acme.example,Hans,Acme,de\n"
+                    "bob@acme.example,Bob,Acme,en\nHANS@acme.example,Hans Two,Acme,en\n")
+    code, out, _ = cli("contact", "import", str(path))
+    assert "created 2, updated 0, unchanged 0, rejected 1" in out
+    assert "line 4: rejected: hans@acme.example is on line 2 already" in out
+    code, out, _ = cli("contact", "import", str(path))
+    assert "created 0, updated 0, unchanged 2, rejected 1" in out  # idempotent
+    assert [(c["email"], c["name"]) for c in cli_json(cli, "contact", "list")][-1] == ("hans@acme.example", "Hans")
+
+
 def test_import_reads_tabs_and_utf16_reports_lines_and_progress(cli, tmp_path):
     cli("org", "add", "Initech")
     rows = [f"user{n}@initech.example\tUser {n}\tInitech\ten" for n in range(1100)]
