@@ -579,7 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("email")
     a.add_argument("--name", required=True)
     a.add_argument("--org", required=True)
-    a.add_argument("--language", default="en", choices=LANGUAGES)
+    a.add_argument("--language", default=None, choices=LANGUAGES,
+                   help="the contact's mail; default: the language of the desk the mail is about (en for [tickets])")
     a.set_defaults(func=cmd_contact_add)
     a = contact.add_parser("list", help="list contacts")
     a.add_argument("--org", help="only this organisation's")

@@ -216,7 +216,7 @@ class DeskConfig:
     from_address: str = ""  # empty: the first of its addresses
     display_name: str = ""  # the name its mail comes from; empty: outbound.from_name
     templates_dir: str = ""  # templates here override outbound.templates_dir and the built-in ones
-    language: str = "en"  # for recipients whose language mailgate does not speak
+    language: str = "en"  # for contacts who gave no language (and agents who gave none)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import charset_normalizer
 from sqlmodel import Session, func, select
 
-from mailgate import LANGUAGES
+from mailgate import DEFAULT_LANGUAGE, LANGUAGES
 from mailgate.models import Contact, Organisation
 
 
@@ -68,14 +68,16 @@ def contact(session: Session, email: str) -> Contact:
     return found
 
 
-def add_contact(session: Session, email: str, name: str, org_name: str, language: str = "en") -> Contact:
+def add_contact(session: Session, email: str, name: str, org_name: str, language: str | None = None) -> Contact:
+    """A new contact; LANGUAGE None: none given, they are mailed in the desk's language ("")."""
     email = normalise_email(email)
     if find_contact(session, email) is not None:
         raise ContactsError(f"contact {email!r} exists already")
     if not name.strip():
         raise ContactsError("contact name is empty")
     org = organisation(session, org_name)
-    row = Contact(email=email, name=name.strip(), organisation_id=org.id, language=check_language(language))
+    row = Contact(email=email, name=name.strip(), organisation_id=org.id,
+                  language=check_language(language) if language else "")
     session.add(row)
     session.flush()
     return row
@@ -100,11 +102,14 @@ def organisation_rows(session: Session) -> list[dict]:
 
 
 def contact_rows(session: Session, org_name: str | None = None) -> list[dict]:
-    """SPEC §9 `contact list`: [{"email", "name", "organisation", "language", "active"}]."""
+    """SPEC §9 `contact list`: [{"email", "name", "organisation", "language", "active"}]; a
+    contact who gave no language shows the default desk's, "en" (other desks mail them in
+    theirs)."""
     query = select(Contact, Organisation.name).join(Organisation, Organisation.id == Contact.organisation_id)
     if org_name is not None:
         query = query.where(Contact.organisation_id == organisation(session, org_name).id)
-    return [{"email": c.email, "name": c.name, "organisation": org, "language": c.language, "active": c.active}
+    return [{"email": c.email, "name": c.name, "organisation": org, "language": c.language or DEFAULT_LANGUAGE,
+             "active": c.active}
             for c, org in session.exec(query.order_by(Contact.email))]
 
 
@@ -242,7 +247,9 @@ class _Directory:
             raise ContactsError(f"{email} is on line {self.lines[email]} already")
         name = (row.get("name") or "").strip()
         org_name = (row.get("organisation") or "").strip()
-        language = check_language((row.get("language") or "en").strip().lower() or "en")
+        language = (row.get("language") or "").strip().lower()  # "": none, the desk's
+        if language:
+            check_language(language)
         active = _active(row.get("active"))
         if not name or not org_name:
             raise ContactsError("name and organisation are required")

@@ -18,6 +18,7 @@ import functools
 import hashlib
 from dataclasses import dataclass
 
+from mailgate import DEFAULT_LANGUAGE
 from mailgate.config import DEFAULT_DESK, Config
 from mailgate.mail.addresses import base_address, tag_of
 
@@ -52,7 +53,7 @@ class Desks:
         self.default = Desk(
             name=DEFAULT_DESK, addresses=tuple(a.lower() for a in config.tickets.support_addresses),
             key_prefix=config.tickets.key_prefix, from_address=config.from_address,
-            display_name=config.outbound.from_name, templates_dir="", language="en",
+            display_name=config.outbound.from_name, templates_dir="", language=DEFAULT_LANGUAGE,
         )
         self.all = (self.default, *(
             Desk(name=d.name, addresses=tuple(a.lower() for a in d.addresses), key_prefix=d.key_prefix,

@@ -105,7 +105,8 @@ class Contact(SQLModel, table=True):
     email: str = Field(max_length=320, unique=True)  # always stored in lower case
     name: str = Field(max_length=200)
     organisation_id: int = Field(foreign_key="organisation.id", index=True)
-    language: str = Field(default="en", max_length=2)
+    # en or de; "": none given, so the language of the desk the mail is about (SPEC §11)
+    language: str = Field(default="", max_length=2)
     active: bool = True
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from mailgate.app import App
-from mailgate import LANGUAGES
+from mailgate import LANGUAGES, desks
 from mailgate.db import run_blocking
 from mailgate.http import APP
 from mailgate.models import Contact, Ticket
@@ -90,7 +90,8 @@ def _apply(app: App, token: str, notify: bool | None) -> _State:
         if notify is not None:
             subscriptions.set_notify(session, ticket, contact, notify)
         on = subscriptions.is_on(session, ticket, contact)
-        return _State(ticket.key, ticket.summary, contact.email, contact.language, on)
+        language = contact.language or desks.of(app.config).of_ticket(ticket).language  # as the mail was
+        return _State(ticket.key, ticket.summary, contact.email, language, on)
 
 
 def _page(app: App, state: _State, saved: bool) -> web.Response:

@@ -118,6 +118,26 @@ def test_a_desks_mail_leaves_from_its_address_and_name_with_its_templates(app, m
     assert "we have received your request as ticket SD-1" in support.get_body(("plain",)).get_content()
 
 
+def test_a_contact_who_gave_no_language_is_mailed_in_the_desks(app, cli, make_config):
+    """SPEC §11: a desk's `language` is for contacts without a language — one added without
+    --language (or imported without one); `contact list` shows the default desk's, en."""
+    config = make_config("desks.toml", desks=[{**DESKS[0], "language": "de"}])
+    app.config = config_module.load(config)
+    assert cli("contact", "add", "otto@acme.example", "--name", "Otto", "--org", "Acme", config=config)[0] == 0
+    assert cli("contact", "add", "olga@acme.example", "--name", "Olga", "--org", "Acme", "--language", "en",
+               config=config)[0] == 0
+    for sender in ("otto@acme.example", "olga@acme.example"):
+        _deliver(app, _mail(subject="Rechnung falsch", sender=sender), BILLING, sender)
+        _deliver(app, make_message(subject="Printer", sender=sender), SUPPORT, sender)
+    languages = {(row.recipient, row.subject[1:].split("-")[0]): row.message.split(b"Content-Language: ")[1][:2]
+                 for row in _rows(app, Outbound, Outbound.event == "ticket_created",
+                                  Outbound.recipient.in_(["otto@acme.example", "olga@acme.example"]))}
+    assert languages == {("otto@acme.example", "BILL"): b"de", ("otto@acme.example", "SD"): b"en",
+                         ("olga@acme.example", "BILL"): b"en", ("olga@acme.example", "SD"): b"en"}
+    code, out, _ = cli("contact", "list", "--json", config=config)
+    assert {c["email"]: c["language"] for c in json.loads(out)}["otto@acme.example"] == "en"
+
+
 def test_ticket_list_by_desk(app, cli, config):
     _deliver(app, _mail(subject="Invoice"), BILLING)
     _deliver(app, make_message(subject="Printer"), SUPPORT)
