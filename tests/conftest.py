@@ -129,7 +129,7 @@ def empty_database_url(tmp_path: Path) -> str:
     name = f"mg_empty_{uuid.uuid4().hex[:12]}"
     url = pg_create_database(name)
     yield url
-    pg_drop_database(name)
+    pg_drop_database_later(name)
 
 
 @pytest.fixture

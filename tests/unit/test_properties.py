@@ -23,7 +23,7 @@ HEADER_NAMES = ["From", "To", "Cc", "Subject", "Message-ID", "In-Reply-To", "Ref
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, pg_template_name):
     from tests.conftest import TEST_DB
-    from tests.support import pg_create_database, pg_drop_database, write_config
+    from tests.support import pg_create_database, pg_drop_database_later, write_config
 
     tmp = tmp_path_factory.mktemp("properties")
     name = f"mg_prop_{next(_ids)}_{id(tmp)}"
@@ -33,7 +33,7 @@ def pipeline(tmp_path_factory, pg_template_name):
     yield Pipeline(app)
     app.db.dispose()
     if TEST_DB == "postgresql":
-        pg_drop_database(name)
+        pg_drop_database_later(name)
 
 
 def _check(pipeline: Pipeline, raw: bytes, sender) -> None:

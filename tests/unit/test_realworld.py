@@ -28,7 +28,7 @@ from mailgate.models import Ticket
 from tests import realworld
 from tests.conftest import TEST_DB
 from tests.realworld import Score, normalised
-from tests.support import SUPPORT, make_message, pg_create_database, pg_drop_database, write_config
+from tests.support import SUPPORT, make_message, pg_create_database, pg_drop_database_later, write_config
 
 pytestmark = pytest.mark.skipif(not realworld.available(), reason=f"the real-world corpus is not at {realworld.ROOT}")
 
@@ -46,7 +46,7 @@ def corpus_app(tmp_path_factory, pg_template_name):
     yield app
     app.db.dispose()
     if TEST_DB == "postgresql":
-        pg_drop_database(name)
+        pg_drop_database_later(name)
 
 
 @pytest.fixture(scope="module")
