@@ -1,10 +1,10 @@
 """Generators of hostile mail (issue 13): the shapes that have broken mail software — long runs
 of newlines, spaces and quote markers, deep nesting, huge counts, length fields that lie,
 deeply nested comments, huge HTML. Each takes a SCALE (1 = small enough for CI; the campaign
-in bench/hostile.py goes up to the size limit) and returns raw bytes from an active contact
+in bench/gateway_hostile.py goes up to the size limit) and returns raw bytes from an active contact
 (alice@acme.example), so the message goes through every stage, not just the sender check.
 
-Used by tests/system/test_hostile.py and bench/hostile.py.
+Used by tests/system/test_hostile.py and bench/gateway_hostile.py.
 """
 
 from __future__ import annotations

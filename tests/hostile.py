@@ -1,6 +1,6 @@
 """Generators of hostile mail (issue 13): shapes that made parsers loop, recurse, backtrack or
 copy without bound. Each takes a size N and returns raw bytes; tests/unit/test_hostile.py runs
-them small with measured budgets, bench/hostile_campaign.py runs them big and many.
+them small with measured budgets, bench/hostile.py runs them big and many.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 real `mailgate serve` at the default limits (and a few through `deliver`), each measured: it
 gets an inbound record and an outcome within seconds, an ordinary mail sent right after it
 becomes a ticket within seconds, and the daemon and its workers together never hold 300 MB.
-(bench/hostile.py runs the same at larger scales and reports the figures.)"""
+(bench/gateway_hostile.py runs the same at larger scales and reports the figures.)"""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 each shape of tests/hostile.py within a measured budget of time and of memory (a small
 multiple of the message size). The one place where timing belongs in the tests: these are
 the bounds the gateway promises. Sizes are a fraction of the campaign's
-(bench/hostile_campaign.py) so the whole module takes a few seconds.
+(bench/hostile.py) so the whole module takes a few seconds.
 """
 
 from __future__ import annotations
@@ -101,3 +101,48 @@ def test_hostile_mail_through_the_pipeline_gets_a_record_and_an_outcome(world_ap
     with world_app.db.session() as s:
         inbound = s.exec(select(Inbound).order_by(Inbound.id.desc())).first()
     assert inbound.outcome == expected and inbound.message_id is not None
+
+
+def test_attachments_over_the_decoded_limit_are_refused_before_they_are_decoded():
+    """`max_decoded_bytes` is checked against each part's encoded size before the part is
+    decoded: the copies it would make never exist."""
+    from email.message import EmailMessage
+
+    from mailgate.mail.parse import Limits
+
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "alice@acme.example", SUPPORT, "Three files"
+    message["Message-ID"] = "<three-files@acme.example>"
+    message.set_content("See the files.")
+    for n in range(3):
+        message.add_attachment(bytes([n]) * 1_000_000, maintype="application", subtype="octet-stream",
+                               filename=f"file{n}.bin")
+    raw = message.as_bytes()
+    limits = Limits(max_decoded_bytes=1_500_000)  # the first file fits, the second does not
+    result, seconds, peak = _measured(lambda: _refusal(raw, limits))
+    assert result.startswith("limit: more than 1500000 bytes"), result
+    # One file decoded (1 MB) and the second refused unread: far below the 3 MB of decoded
+    # files and their copies that a check after decoding would have held.
+    assert seconds < SECONDS and peak < 2_500_000, (seconds, peak)
+
+
+def _refusal(raw: bytes, limits) -> str:
+    with pytest.raises(UnparseableMessage) as refused:
+        parse(raw, limits)
+    return str(refused.value)
+
+
+def test_a_recursion_error_deep_in_a_library_is_an_unparseable_message():
+    """Whatever a library raises on hostile bytes, RecursionError included, parse() turns into
+    UnparseableMessage, which the pipeline quarantines with its record (the test above)."""
+    import inspect
+    import sys
+
+    raw = hostile.SHAPES["nested attachments"](50)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(inspect.stack(0)) + 30)  # deep enough for the test, not for the parse
+    try:
+        with pytest.raises(UnparseableMessage, match="RecursionError"):
+            parse(raw)
+    finally:
+        sys.setrecursionlimit(limit)
