@@ -128,7 +128,7 @@ class ProcessingConfig:
     threads: int = 1  # messages worked at the same time, each in a thread (in each process)
     processes: int = 1  # N >= 1: in N worker processes under the budget; 0: in the daemon, unbounded
     budget_seconds: float = 5.0  # CPU seconds one message may cost; more: its worker is killed
-    budget_memory_factor: int = 3  # × smtp.max_message_size (+ 64 MiB): the memory a worker may add
+    budget_memory_factor: int = 3  # × smtp.max_message_size (+ 48 MiB): the memory a worker may add
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import pytest
 
 from tests.support import (
     DaemonProcess, checkpoint, cli_in_process, pg_create_database, pg_drop_database, pg_drop_database_later, pg_drops_done,
-    pg_template, sqlite_template, write_config,
+    pg_pool, pg_template, pg_url, sqlite_template, write_config,
 )
 
 TEST_DB = os.environ.get("MAILGATE_TEST_DB", "sqlite")
@@ -76,10 +76,9 @@ def database_url(request, tmp_path: Path, db_template) -> str:
         shutil.copyfile(template, tmp_path / "mailgate.db")
         yield f"sqlite:///{tmp_path / 'mailgate.db'}"
         return
-    name = f"mg_test_{uuid.uuid4().hex[:12]}"
-    url = pg_create_database(name, template=template)
-    yield url
-    pg_drop_database_later(name)
+    name = pg_pool.take(template)
+    yield pg_url(name)
+    pg_pool.give_back(name, template)
 
 
 @dataclass(frozen=True)
@@ -221,6 +220,7 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_sessionfinish(session):
+    pg_pool.drop_all()
     pg_drops_done()  # no database of a test outlives the run
 
 

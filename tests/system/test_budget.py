@@ -77,6 +77,31 @@ def test_a_message_that_eats_memory_is_quarantined_at_once(make_config, daemon, 
     assert d.stop() == 0
 
 
+def test_the_largest_message_the_listener_takes_fits_the_budget(make_config, daemon, cli):
+    """The memory budget stops a runaway, never a message the listener accepted: one attachment
+    filling the default size limit (25 MiB, base64) becomes a ticket with its file, in a worker."""
+    import email.policy
+    from email.message import EmailMessage
+
+    add_customer(cli)
+    d = daemon(make_config(processing=ONE_WORKER))
+    _one_worker(d)
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "Alice Adams <alice@acme.example>", SUPPORT, "The big log"
+    message["Message-ID"] = "<big-log@acme.example>"
+    message.set_content("The log is attached.")
+    message.add_attachment(os.urandom(18_900_000), maintype="application", subtype="octet-stream",
+                           filename="printer.log")
+    raw = message.as_bytes(policy=email.policy.SMTP)
+    assert 25_000_000 < len(raw) <= 26_214_400  # just under smtp.max_message_size
+    assert send(d.smtp_port, raw) == {}
+    record = wait_for(lambda: _inbound(cli, "<big-log@acme.example>"), timeout=60, message="the big mail recorded")
+    assert record["outcome"] == "ticket_created", record
+    ticket = cli_json(cli, "ticket", "show", record["ticket"])
+    assert [(a["filename"], a["size"]) for a in ticket["attachments"]] == [("printer.log", 18_900_000)]
+    assert d.stop() == 0
+
+
 @pytest.mark.parametrize("failpoint, error", [
     ("parse=hang", "over the processing budget: more than 1 CPU seconds"),
     ("parse=hog", "over the processing budget: out of memory"),
