@@ -32,7 +32,7 @@ from sqlmodel import Session, func, select
 
 from mailgate.db import insert_many_if_absent
 from mailgate.mail import refs
-from mailgate.models import Contact, Inbound, Outbound, ThreadMessage, Ticket, aware
+from mailgate.models import Inbound, Outbound, ThreadMessage, Ticket, aware
 from mailgate.outbound import verp
 
 if TYPE_CHECKING:
@@ -72,7 +72,9 @@ def add_many(session: Session, app, *, ticket: Ticket | None, event: str,
     for all of them. The recipients of one event are distinct."""
     if not mails:
         return []
-    guarded = {recipient for recipient, _ in mails} - _never_held(session, ticket, event) - _agents(app.config)
+    # A ticket just opened has no replies yet, so nobody can be looping on it: its mail (the
+    # creator's confirmation above all) is never held, and the guard's query is not even asked.
+    guarded = set() if event == "ticket_created" else {recipient for recipient, _ in mails} - _agents(app.config)
     turns = _LoopGuard(session, app.config.outbound, now).turns(guarded, ticket)
     values = []
     for recipient, rendered in mails:
@@ -91,14 +93,6 @@ def add_many(session: Session, app, *, ticket: Ticket | None, event: str,
         insert_many_if_absent(session, ThreadMessage, [{"id_hash": refs.id_hash(v["message_id"]), "ticket_id": ticket.id}
                                                        for v in values])
     return [Queued(i, event, v["recipient"], v["message_id"]) for i, v in zip(ids, values)]
-
-
-def _never_held(session: Session, ticket: Ticket | None, event: str) -> set[str]:
-    """The creator's confirmation of a new ticket goes out at once, loop or not."""
-    if ticket is None or event != "ticket_created":
-        return set()
-    creator = session.get(Contact, ticket.creator_id)
-    return {creator.email} if creator else set()
 
 
 def _agents(config) -> set[str]:
