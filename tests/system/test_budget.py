@@ -12,10 +12,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from mailgate.core.budget import cpu_seconds
 from tests.support import (
     SUPPORT, add_customer, alive, children_of, cli_json, make_message, send, wait_for,
 )
@@ -57,6 +60,31 @@ def test_a_message_that_hangs_its_worker_is_quarantined_and_the_next_mail_goes_t
     assert first not in children_of(d.proc.pid) and not alive(first)  # killed, and replaced
     assert d.output().count("over the processing budget") >= 1
     assert "attempt 1 of" not in d.output()  # quarantined at once, not retried
+    assert d.stop() == 0
+
+
+def test_the_daemon_answers_while_a_worker_is_stuck_in_a_message(make_config, daemon, cli):
+    """Processing runs in a worker process: a message stuck in C holds neither the daemon's
+    event loop (HTTP, the listener, the sender) nor anything else while its budget runs out."""
+    add_customer(cli)
+    d = daemon(make_config(processing={**ONE_WORKER, "budget_seconds": 3.0}), env=_failpoints("parse=hang:HANGS"))
+    worker = _one_worker(d)
+    spent = cpu_seconds(worker)
+    assert send(d.smtp_port, make_message(subject="HANGS", message_id="<stuck@acme.example>")) == {}
+    wait_for(lambda: (cpu_seconds(worker) or 0) - spent > 0.5, message="the worker stuck in the message")
+    started = time.monotonic()
+    for path in ("/healthz", "/metrics"):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{d.http_port}{path}", timeout=10).close()
+        except urllib.error.HTTPError:  # an answer all the same (/healthz may be 503)
+            pass
+    assert send(d.smtp_port, make_message(subject="Taken meanwhile", message_id="<meanwhile@acme.example>")) == {}
+    answered = time.monotonic() - started
+    assert alive(worker), "the worker was no longer stuck: nothing was shown"
+    assert answered < 2.0, answered
+    record = wait_for(lambda: _inbound(cli, "<stuck@acme.example>"), timeout=30, message="the stuck message recorded")
+    assert record["outcome"] == "quarantined"
+    wait_for(lambda: _ticket_for(cli, "Taken meanwhile"), timeout=30, message="the mail taken meanwhile a ticket")
     assert d.stop() == 0
 
 
