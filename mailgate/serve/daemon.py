@@ -7,7 +7,7 @@ Startup prepares the state directory and schema, binds the listeners, says what 
 on, and tells systemd READY=1 (then pings its watchdog from the loop, so a blocked loop is
 noticed). SIGTERM or SIGINT: STOPPING=1, new connections get 421, the message being handed
 over is finished, the workers and the sender finish what they hold, exit 0 — all within
-bounds that add up to less than the unit's TimeoutStopSec (45 s): the listeners and the
+bounds that add up to less than the unit's TimeoutStopSec (50 s): the listeners and the
 mailboxes stop together (≤ 10 s), processing and sending get SHUTDOWN_GRACE_SECONDS from the
 start of the stop, a worker that is still busy is killed, and no child outlives the daemon.
 SIGHUP: reload the config file (what can change without a restart) and the templates.
