@@ -16,10 +16,14 @@ unit: install-test           ## the unit tests alone (no process, no socket; SQL
 
 install: $(BIN)/mailgate
 
+# The package is compiled to bytecode at install, as `pip install .` leaves it: where Python
+# may not write it at import (PYTHONDONTWRITEBYTECODE, a read-only tree under systemd), every
+# start compiled mailgate anew — a third of a `deliver` handed to the daemon (issue 16).
 $(BIN)/mailgate: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e .
+	$(BIN)/python -m compileall -q mailgate
 	touch $@
 
 install-test: $(VENV)/.test-installed
@@ -27,4 +31,5 @@ install-test: $(VENV)/.test-installed
 $(VENV)/.test-installed: pyproject.toml   # again only when the dependencies changed
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/python -m compileall -q mailgate
 	touch $@

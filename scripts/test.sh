@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 make --quiet install-test
+# Bytecode for what changed since the install: where Python may not write it at import
+# (PYTHONDONTWRITEBYTECODE), each of the hundreds of processes the tests start would compile
+# mailgate anew.
+.venv/bin/python -m compileall -q mailgate
 
 # PostgreSQL: the machines run one on 127.0.0.1:5432 (user postgres, no password).
 if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
