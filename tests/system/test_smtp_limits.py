@@ -9,7 +9,7 @@ import pytest
 
 from mailgate import config as config_module
 from mailgate.app import App
-from mailgate.ingest.smtp import STRETCH
+from mailgate.ingest.smtp import CHUNK, STRETCH
 from tests.inprocess import running_daemon, smtp_port
 from tests.support import LineClient, make_message, wait_for
 
@@ -98,3 +98,39 @@ def test_bodies_in_transit_are_bounded(listening):
             assert client.command("DATA")[0] == 354
             client.send_data(make_message())
             assert client.reply()[0] == 250
+
+
+def test_uploads_held_open_go_to_disk_not_to_memory(make_config, daemon, tmp_path):
+    """Sixty near-maximum uploads held open once added 116 MB to the daemon (issue 13): a body
+    goes into the spool as it arrives, so the daemon holds a stretch per session, not the mail."""
+    from tests.gateway_hostile import tree_rss
+
+    mib = 1024 * 1024
+    d = daemon(make_config(smtp={"max_message_size": 2 * mib, "max_bytes_in_flight": 160 * mib}))
+    port = d.smtp_port
+    body = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 1900  # ~1.9 MB, not yet ended
+    drafts = tmp_path / "state" / "spool" / "tmp"
+    resting = tree_rss(d.proc.pid)
+    clients = []
+    for _ in range(60):
+        client = _client(port)
+        assert client.command("MAIL FROM:<alice@acme.example>")[0] == 250
+        assert client.command("RCPT TO:<support@example.com>")[0] == 250
+        assert client.command("DATA")[0] == 354
+        client.sock.sendall(body)
+        clients.append(client)
+    # on disk, in the spool's drafts, but for what a session may hold: a piece being gathered
+    # and the stretch being read (CHUNK + STRETCH, 320 KiB; fixed here, so that a listener that
+    # held more would fail this test rather than move its bounds)
+    held = 512 * 1024
+    assert CHUNK + STRETCH <= held
+    wait_for(lambda: sum(f.stat().st_size for f in drafts.iterdir()) >= 60 * (len(body) - held),
+             timeout=60, message="the bodies written into the spool")
+    added = tree_rss(d.proc.pid) - resting
+    # 114 MB of bodies in transit; held whole, they would add as much again
+    assert added < 60 * held + 16 * mib, f"{added / mib:.1f} MiB more while 60 uploads of 1.9 MB are open"
+    for client in clients:
+        client.sock.sendall(b".\r\n")
+        assert client.reply()[0] == 250
+        client.close()
+    assert d.stop() == 0
