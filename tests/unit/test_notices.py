@@ -86,6 +86,23 @@ def test_notices_are_capped_per_hour_in_all(make_app):
     assert len(_notices(app)) == 5
 
 
+def test_the_hourly_cap_holds_across_instances_writing_at_once(make_app):
+    """Two instances on one database, each taking strangers' mail at the same time: the cap is
+    one count for both (taken under a lock), not one each."""
+    import concurrent.futures
+
+    apps = [make_app(max_notices_per_hour=5), make_app(max_notices_per_hour=5)]
+
+    def take(i: int) -> list[str]:
+        return [_deliver(apps[i], f"person{i}-{n}@stranger{i}-{n}.example", f"person{i}-{n}@stranger{i}-{n}.example",
+                         100 * i + n) for n in range(8)]
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        outcomes = [o for taken in pool.map(take, range(2)) for o in taken]
+    assert outcomes == ["rejected_unknown_sender"] * 16
+    assert len(_notices(apps[0])) == 5
+
+
 def test_an_envelope_sender_of_the_same_organisation_vouches(make_app):
     app = make_app()
     _deliver(app, "Chief <chief@stranger.example>", "bounces+123@mail.stranger.example")
