@@ -54,7 +54,9 @@ def test_a_pooled_test_database_comes_back_as_its_template_was(pg_template_name)
             assert conn.execute(sa.text("SELECT nextval(pg_get_serial_sequence('organisation', 'id'))")).scalar() < moved
             conn.execute(sa.text("ALTER TABLE organisation ADD COLUMN stray integer"))
         pool.give_back(name, pg_template_name)  # a changed schema cannot be put back: dropped
-        assert pool.take(pg_template_name) != name
+        fresh = pool.take(pg_template_name)
+        assert fresh != name
+        pool.give_back(fresh, pg_template_name)
     finally:
         engine.dispose()
         pool.drop_all()
