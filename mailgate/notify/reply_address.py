@@ -28,12 +28,21 @@ def address(signer: Signer, agent: AgentConfig, desk_address: str) -> str:
 
 def agent_of(signer: Signer, agents: tuple[AgentConfig, ...], address: str) -> AgentConfig | None:
     """The agent whose reply address ADDRESS is (any desk's), when its token is genuine."""
-    kind, _, token = tag_of(address).partition("-")
-    if kind != TAG or not token:
-        return None
-    for agent in agents:
-        if agent.email and hmac.compare_digest(_token(signer, agent), token):
-            return agent
+    return first_owner(signer, agents, (address,))
+
+
+def first_owner(signer: Signer, agents: tuple[AgentConfig, ...], addresses) -> AgentConfig | None:
+    """The agent of the first of ADDRESSES that is a genuine reply address. The tokens are
+    computed once, not once per address: To and Cc are the sender's to fill."""
+    tokens = None
+    for address in addresses:
+        kind, _, token = tag_of(address).partition("-")
+        if kind != TAG or not token:
+            continue
+        tokens = tokens or [(_token(signer, agent), agent) for agent in agents if agent.email]
+        for genuine, agent in tokens:
+            if hmac.compare_digest(genuine, token):
+                return agent
     return None
 
 

@@ -30,10 +30,9 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlmodel import Session, func, select
 
-from mailgate.db import insert_many_if_absent
-from mailgate.mail import refs
-from mailgate.models import Inbound, Outbound, ThreadMessage, Ticket, aware
+from mailgate.models import Inbound, Outbound, Ticket, aware
 from mailgate.outbound import verp
+from mailgate.tickets import service
 
 if TYPE_CHECKING:
     from mailgate.notify.render import Rendered
@@ -90,8 +89,7 @@ def add_many(session: Session, app, *, ticket: Ticket | None, event: str,
     connection.execute(_SET_ENVELOPE_SENDER, [{"row_id": i, "verp": verp.address(app.signer, app.config.from_address, i)}
                                               for i in ids])
     if ticket is not None:
-        insert_many_if_absent(session, ThreadMessage, [{"id_hash": refs.id_hash(v["message_id"]), "ticket_id": ticket.id}
-                                                       for v in values])
+        service.add_many_to_thread(session, ticket, [v["message_id"] for v in values])
     return [Queued(i, event, v["recipient"], v["message_id"]) for i, v in zip(ids, values)]
 
 

@@ -52,23 +52,15 @@ def proven(config: Config, signer: Signer, parsed: ParsedMessage, recipients: li
     addresses = (*recipients, *parsed.to, *parsed.cc)
     agent = claimed(config, parsed)
     if agent is not None:  # an agent's From: that agent's proof, or none at all
-        if _owner(signer, (agent,), addresses) is agent:
+        if reply_address.first_owner(signer, (agent,), addresses) is agent:
             return Proof(agent, REPLY_ADDRESS)
         if authentication.authenticated(parsed.headers, parsed.from_address, config.policy.trusted_authserv_id):
             return Proof(agent, AUTHENTICATED)
         return None
-    owner = _owner(signer, tuple(config.agents), addresses)
+    owner = reply_address.first_owner(signer, tuple(config.agents), addresses)
     if owner is None or not parsed.from_address or _answers_the_agent(owner, parsed):
         return None
     return Proof(owner, REPLY_ADDRESS_OTHER_FROM, unless_contact=True)
-
-
-def _owner(signer: Signer, agents: tuple[AgentConfig, ...], addresses) -> AgentConfig | None:
-    """The agent of the first signed reply address among ADDRESSES."""
-    for address in addresses:
-        if (agent := reply_address.agent_of(signer, agents, address)) is not None:
-            return agent
-    return None
 
 
 def _answers_the_agent(agent: AgentConfig, parsed: ParsedMessage) -> bool:

@@ -138,8 +138,7 @@ def store_attachments(
 
 def add_to_thread(session: Session, ticket: Ticket, message_id: str | None) -> None:
     """Remember a Message-ID as part of TICKET's thread (first ticket wins)."""
-    if message_id:
-        insert_many_if_absent(session, ThreadMessage, [{"id_hash": refs.id_hash(message_id), "ticket_id": ticket.id}])
+    add_many_to_thread(session, ticket, [message_id])
 
 
 def add_many_to_thread(session: Session, ticket: Ticket, message_ids: list[str | None]) -> None:
