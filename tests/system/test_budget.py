@@ -72,16 +72,14 @@ def test_the_daemon_answers_while_a_worker_is_stuck_in_a_message(make_config, da
     spent = cpu_seconds(worker)
     assert send(d.smtp_port, make_message(subject="HANGS", message_id="<stuck@acme.example>")) == {}
     wait_for(lambda: (cpu_seconds(worker) or 0) - spent > 0.5, message="the worker stuck in the message")
-    started = time.monotonic()
     for path in ("/healthz", "/metrics"):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{d.http_port}{path}", timeout=10).close()
         except urllib.error.HTTPError:  # an answer all the same (/healthz may be 503)
             pass
     assert send(d.smtp_port, make_message(subject="Taken meanwhile", message_id="<meanwhile@acme.example>")) == {}
-    answered = time.monotonic() - started
+    # answered while the worker still spins (it is killed once its budget is spent)
     assert alive(worker), "the worker was no longer stuck: nothing was shown"
-    assert answered < 2.0, answered
     record = wait_for(lambda: _inbound(cli, "<stuck@acme.example>"), timeout=30, message="the stuck message recorded")
     assert record["outcome"] == "quarantined"
     wait_for(lambda: _ticket_for(cli, "Taken meanwhile"), timeout=30, message="the mail taken meanwhile a ticket")

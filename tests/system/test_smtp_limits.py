@@ -38,6 +38,16 @@ def _client(port: int) -> LineClient:
     return client
 
 
+def _upload(port: int, body: bytes) -> LineClient:
+    """A session in the middle of DATA: BODY sent, the end not yet."""
+    client = _client(port)
+    assert client.command("MAIL FROM:<alice@acme.example>")[0] == 250
+    assert client.command("RCPT TO:<support@example.com>")[0] == 250
+    assert client.command("DATA")[0] == 354
+    client.sock.sendall(body)
+    return client
+
+
 def test_at_most_max_recipients_per_message(listening):
     with listening(max_recipients=100) as daemon, _client(smtp_port(daemon)) as client:
         assert client.command("MAIL FROM:<alice@acme.example>")[0] == 250
@@ -71,19 +81,10 @@ def test_bodies_in_transit_are_bounded(listening):
     with listening(max_message_size=mib, max_bytes_in_flight=2 * mib) as daemon:
         port = smtp_port(daemon)
         body = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 900  # ~900 KB, not yet ended
-
-        def upload() -> LineClient:
-            client = _client(port)
-            assert client.command("MAIL FROM:<alice@acme.example>")[0] == 250
-            assert client.command("RCPT TO:<support@example.com>")[0] == 250
-            assert client.command("DATA")[0] == 354
-            client.sock.sendall(body)
-            return client
-
-        first, second = upload(), upload()
+        first, second = _upload(port, body), _upload(port, body)
         # counted as it is read: all but the last stretch of each (mailgate.ingest.smtp.STRETCH)
         wait_for(lambda: daemon.listener.in_flight.bytes >= 2 * (len(body) - STRETCH), message="both bodies received")
-        third = upload()
+        third = _upload(port, body)
         assert third.reply() == (421, ["421 4.3.2 Too much mail in transit, try again later"])
         with pytest.raises(ConnectionError):
             third.reply()
@@ -107,30 +108,22 @@ def test_uploads_held_open_go_to_disk_not_to_memory(make_config, daemon, tmp_pat
 
     mib = 1024 * 1024
     d = daemon(make_config(smtp={"max_message_size": 2 * mib, "max_bytes_in_flight": 160 * mib}))
-    port = d.smtp_port
     body = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 1900  # ~1.9 MB, not yet ended
     drafts = tmp_path / "state" / "spool" / "tmp"
-    resting = tree_rss(d.proc.pid)
-    clients = []
-    for _ in range(60):
-        client = _client(port)
-        assert client.command("MAIL FROM:<alice@acme.example>")[0] == 250
-        assert client.command("RCPT TO:<support@example.com>")[0] == 250
-        assert client.command("DATA")[0] == 354
-        client.sock.sendall(body)
-        clients.append(client)
-    # on disk, in the spool's drafts, but for what a session may hold: a piece being gathered
-    # and the stretch being read (CHUNK + STRETCH, 320 KiB; fixed here, so that a listener that
-    # held more would fail this test rather than move its bounds)
+    # what a session may hold: a piece being gathered and the stretch being read (CHUNK +
+    # STRETCH, 320 KiB; fixed here, so that a listener that held more would fail this test
+    # rather than move its bounds)
     held = 512 * 1024
     assert CHUNK + STRETCH <= held
-    wait_for(lambda: sum(f.stat().st_size for f in drafts.iterdir()) >= 60 * (len(body) - held),
-             timeout=60, message="the bodies written into the spool")
-    added = tree_rss(d.proc.pid) - resting
-    # 114 MB of bodies in transit; held whole, they would add as much again
-    assert added < 60 * held + 16 * mib, f"{added / mib:.1f} MiB more while 60 uploads of 1.9 MB are open"
-    for client in clients:
-        client.sock.sendall(b".\r\n")
-        assert client.reply()[0] == 250
-        client.close()
+    resting = tree_rss(d.proc.pid)
+    with contextlib.ExitStack() as open_sessions:
+        clients = [open_sessions.enter_context(_upload(d.smtp_port, body)) for _ in range(60)]
+        wait_for(lambda: sum(f.stat().st_size for f in drafts.iterdir()) >= 60 * (len(body) - held),
+                 timeout=60, message="the bodies written into the spool")
+        added = tree_rss(d.proc.pid) - resting
+        # 114 MB of bodies in transit; held whole, they would add as much again
+        assert added < 60 * held + 16 * mib, f"{added / mib:.1f} MiB more while 60 uploads of 1.9 MB are open"
+        for client in clients:
+            client.sock.sendall(b".\r\n")
+            assert client.reply()[0] == 250
     assert d.stop() == 0

@@ -90,10 +90,13 @@ def test_the_hourly_cap_holds_across_instances_writing_at_once(make_app):
     """Two instances on one database, each taking strangers' mail at the same time: the cap is
     one count for both (taken under a lock), not one each."""
     import concurrent.futures
+    import threading
 
     apps = [make_app(max_notices_per_hour=5), make_app(max_notices_per_hour=5)]
+    together = threading.Barrier(2)
 
     def take(i: int) -> list[str]:
+        together.wait(timeout=30)  # both instances at work at the same time
         return [_deliver(apps[i], f"person{i}-{n}@stranger{i}-{n}.example", f"person{i}-{n}@stranger{i}-{n}.example",
                          100 * i + n) for n in range(8)]
 
