@@ -173,7 +173,11 @@ class _EnhancedReplies:
         self._taken = 0
         draft = self.envelope.draft = self.event_handler.draft(self.envelope)
         try:
-            body = await self._read_body(draft)
+            try:
+                body = await self._read_body(draft)
+            except BaseException:  # the client went away mid-body, or the session is cancelled:
+                draft.discard()  # nothing of it stays on disk (a close and an unlink, no thread)
+                raise
             if not isinstance(body, bytearray):
                 await run_blocking(draft.discard)
             if isinstance(body, str):  # refused: the whole body was read (RFC 5321 §4.2.5)

@@ -127,3 +127,15 @@ def test_uploads_held_open_go_to_disk_not_to_memory(make_config, daemon, tmp_pat
             client.sock.sendall(b".\r\n")
             assert client.reply()[0] == 250
     assert d.stop() == 0
+
+
+def test_a_body_cut_off_by_its_client_leaves_nothing_in_the_spool(make_config, daemon, tmp_path):
+    """A client that sends most of a body and goes away: its draft is gone at once, not left on
+    disk for the hourly clean-up (a client doing it again and again would fill the disk)."""
+    d = daemon(make_config())
+    drafts = tmp_path / "state" / "spool" / "tmp"
+    client = _upload(d.smtp_port, b"Subject: cut\r\n\r\n" + (b"x" * 998 + b"\r\n") * 1000)
+    wait_for(lambda: any(f.stat().st_size > 0 for f in drafts.iterdir()), message="the body being written")
+    client.close()
+    wait_for(lambda: not any(drafts.iterdir()), message="the draft of the cut-off body gone")
+    assert d.stop() == 0
